@@ -1,0 +1,141 @@
+"""Orbax checkpoints for the MNIST CNN: save with metadata, load the model from the checkpoint alone.
+
+Layout written by ``train_mnist.py`` (an orbax ``CheckpointManager`` directory)::
+
+    checkpoints/
+      ckpt/<step>/state   params, batch_stats, opt_state, step (orbax, written atomically)
+      ckpt/<step>/meta    JSON: model constructor arguments, training config, epoch, metrics
+      metrics.json        per-epoch history and the final test accuracy
+      training_curves.png
+
+``load_checkpoint`` accepts the workdir, its ``ckpt`` folder, or one ``<step>`` folder.
+For a workdir it returns the checkpoint with the best validation accuracy (the latest one
+if none recorded a metric).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
+
+from mnist_cnn_model import MNISTCNN
+
+CKPT_SUBDIR = "ckpt"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+GET_CHECKPOINT_HINT = "train one with `python train_mnist.py` or use the shipped one in pretrained/"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+def make_manager(workdir: str | os.PathLike, read_only: bool = False) -> ocp.CheckpointManager:
+    """A manager that keeps the latest checkpoint and the one with the best validation accuracy."""
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=AnyPreservationPolicy([
+            LatestN(1),
+            BestN(get_metric_fn=lambda m: m["val_accuracy"], reverse=False, n=1,
+                  keep_checkpoints_without_metrics=False),
+        ]),
+        enable_async_checkpointing=False,
+        read_only=read_only,
+        create=not read_only,
+    )
+    return ocp.CheckpointManager(Path(workdir).absolute() / CKPT_SUBDIR, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict,
+         val_accuracy: float | None) -> None:
+    """Write one checkpoint (atomically: orbax renames a finished temporary folder)."""
+    metrics = None if val_accuracy is None else {"val_accuracy": float(val_accuracy)}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)),
+                 metrics=metrics, force=True)
+    manager.wait_until_finished()
+
+
+def restore_latest(manager: ocp.CheckpointManager, target: dict):
+    """Restore the latest checkpoint into the structure of ``target``; None if there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                        meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """Find the step folder to load: a step folder itself, or the best one under a workdir."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint there; {GET_CHECKPOINT_HINT}")
+    if (path / "meta").is_dir() and (path / "state").is_dir():
+        return path
+    root = path / CKPT_SUBDIR if (path / CKPT_SUBDIR).is_dir() else path
+    steps = _step_dirs(root) if root.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"{path}: no finished checkpoint found in it; {GET_CHECKPOINT_HINT}")
+    best, best_acc = steps[-1], -1.0
+    for step_dir in steps:
+        try:
+            acc = json.loads((step_dir / "meta" / "metadata").read_text()).get("val_accuracy")
+        except (OSError, ValueError):
+            acc = None
+        if acc is not None and acc > best_acc:
+            best, best_acc = step_dir, acc
+    return best
+
+
+def load_checkpoint(path: str | os.PathLike | None = None):
+    """Return ``(params, batch_stats, model, meta)`` rebuilt from a checkpoint alone.
+
+    ``path`` defaults to the shipped checkpoint in ``pretrained/``.
+    """
+    step_dir = resolve_checkpoint_dir(PRETRAINED_DIR if path is None else path)
+    try:
+        meta = ocp.JsonCheckpointHandler().restore(step_dir / "meta")
+        state = ocp.StandardCheckpointer().restore(step_dir / "state")
+    except Exception as e:  # orbax/tensorstore raise many types for unreadable folders
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{step_dir}: cannot read checkpoint ({msg}); {GET_CHECKPOINT_HINT}") from None
+    if "model" not in meta or "params" not in state or "batch_stats" not in state:
+        raise CheckpointError(f"{step_dir}: not an MNIST CNN checkpoint (no model config or weights)")
+    model = MNISTCNN.from_config(meta["model"])
+    params = jax.tree_util.tree_map(np.asarray, state["params"])
+    batch_stats = jax.tree_util.tree_map(np.asarray, state["batch_stats"])
+    check_fits(model, params, batch_stats, where=str(step_dir))
+    return params, batch_stats, model, meta
+
+
+def check_fits(model: MNISTCNN, params, batch_stats, where: str) -> None:
+    """Raise CheckpointError unless the weights have exactly the shapes ``model`` expects."""
+    import jax.numpy as jnp
+
+    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), {"params": expected["params"],
+                                                             "batch_stats": expected["batch_stats"]})
+    got = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), {"params": params, "batch_stats": batch_stats})
+    if want != got:
+        w, g = dict(_flatten(want)), dict(_flatten(got))
+        diff = sorted(set(w) ^ set(g)) or [k for k in w if w[k] != g[k]]
+        k = diff[0]
+        raise CheckpointError(f"{where}: weights do not fit the model: {k} expected {w.get(k, 'absent')}, "
+                              f"found {g.get(k, 'absent')}")
+
+
+def _flatten(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}/")
+        else:
+            yield f"{prefix}{k}", v

@@ -1,0 +1,199 @@
+"""The MNIST CNN shared by training, the demos and the explanation module.
+
+Architecture (input 28x28x1, float pixels in [0, 1]):
+
+    [Conv(32,3x3) -> BatchNorm -> ReLU] x2 -> MaxPool 2   # (N, 14, 14, 32)
+    [Conv(64,3x3) -> BatchNorm -> ReLU] x2 -> MaxPool 2   # (N, 7, 7, 64)
+    [Conv(128,3x3) -> BatchNorm -> ReLU] x2               # (N, 7, 7, 128)  <- feature_map
+    global average pool -> Dense(256) -> ReLU -> Dropout -> Dense(10)  # logits
+
+322,922 trainable parameters (plus 1,792 BatchNorm statistics).
+
+The module exposes its two halves as methods so that explanations can reach the
+last conv block's output by name, without string lookups of intermediate layers:
+
+    feature_map = model.apply(variables, images, method=MNISTCNN.features)  # (N, 7, 7, 128)
+    logits = model.apply(variables, feature_map, method=MNISTCNN.head)      # (N, 10)
+
+Quick start:
+
+    import jax
+    from mnist_cnn_model import initialize_model
+    params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+# Training-set statistics of MNIST pixels scaled to [0, 1]; the model standardises
+# its input itself so that every caller (and every explanation baseline) works in [0, 1].
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+def _conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _patches3x3(x: jax.Array) -> jax.Array:
+    """(n, h, w, c) -> (n, h, w, 9c): the zero-padded 3x3 neighbourhood of each pixel, (ky, kx, c) order."""
+    h, w = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
+
+
+def conv3x3_weight_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 22) -> jax.Array:
+    """dL/dw of a 3x3 SAME conv as im2col matmuls over cache-sized chunks of the batch.
+
+    XLA's CPU backend lowers this gradient to a convolution whose "kernel" is the whole
+    28x28 activation map; on this project's 2-core CPU that one op took 690 ms of a 1.45 s
+    training step at batch 128. Summing patches^T @ g over chunks of a few images takes
+    ~45 ms for the same layer (see README_MNIST_XAI.md, "Where the CPU time goes").
+    """
+    n, h, w, c = x.shape
+    o = g.shape[-1]
+    k = max(1, min(n, chunk_bytes // (h * w * 9 * c * x.dtype.itemsize)))  # images per chunk
+    while n % k:
+        k -= 1
+
+    def accumulate(acc, xg):
+        xc, gc = xg
+        patches = _patches3x3(xc).reshape(-1, 9 * c)  # (k*h*w, 9c)
+        return acc + lax.dot_general(patches, gc.reshape(-1, o), (((0,), (0,)), ((), ()))), None
+
+    xs, gs = x.reshape(n // k, k, h, w, c), g.reshape(n // k, k, h, w, o)
+    acc = lax.scan(accumulate, jnp.zeros((9 * c, o), jnp.float32), (xs, gs))[0]
+    return acc.reshape(3, 3, c, o)
+
+
+@jax.custom_vjp
+def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
+    """3x3 stride-1 SAME convolution, NHWC x HWIO, with a CPU-friendly weight gradient."""
+    return _conv_same(x, w)
+
+
+def _conv3x3_fwd(x, w):
+    return _conv_same(x, w), (x, w)
+
+
+def _conv3x3_bwd(residuals, g):
+    x, w = residuals
+    dx = jax.vjp(lambda x_: _conv_same(x_, w), x)[1](g)[0]  # XLA's transposed conv is fine here
+    return dx, conv3x3_weight_grad(x, g).astype(w.dtype)
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """Drop-in for ``lax.conv_general_dilated`` as ``nn.Conv`` calls it; uses ``conv3x3``
+    for the only case this model has (3x3, stride 1, SAME, no dilation, one group)."""
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    plain = (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
+             and (dimension_numbers is None or dimension_numbers == nhwc)
+             and all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and feature_group_count == 1 and precision is None and not kwargs
+             and (padding == "SAME" or tuple(map(tuple, padding)) == ((1, 1), (1, 1))))
+    if plain:
+        return conv3x3(lhs, rhs)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, written as a reshape and a max.
+
+    Same values as ``nn.max_pool(x, (2, 2), (2, 2))``, but its gradient is an
+    elementwise mask instead of XLA's ``select_and_scatter``, which is slow on CPU.
+    """
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class MNISTCNN(nn.Module):
+    """Three conv blocks, global average pooling and a two-layer dense head."""
+
+    num_classes: int = NUM_CLASSES
+    widths: Sequence[int] = (32, 64, 128)
+    dense_features: int = 256
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+    # Set during data-parallel training (shard_map) so BatchNorm averages its batch
+    # statistics across devices; irrelevant at inference. Not part of ``config()``.
+    bn_axis_name: str | None = None
+
+    def setup(self):
+        # Two 3x3 convs per block, each followed by BatchNorm.
+        self.convs = [
+            nn.Conv(w, (3, 3), padding="SAME", dtype=self.dtype, name=f"conv{2 * b + i + 1}",
+                    conv_general_dilated=conv_general_dilated)
+            for b, w in enumerate(self.widths) for i in range(2)
+        ]
+        self.norms = [
+            nn.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=self.dtype, axis_name=self.bn_axis_name,
+                         name=f"bn{k + 1}")
+            for k in range(len(self.convs))
+        ]
+        self.dense1 = nn.Dense(self.dense_features, dtype=self.dtype, name="dense1")
+        self.dropout = nn.Dropout(self.dropout_rate)
+        self.dense2 = nn.Dense(self.num_classes, dtype=self.dtype, name="dense2")
+
+    def features(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """Images (N, 28, 28, 1) in [0, 1] -> last conv block's feature map (N, 7, 7, 128)."""
+        x = (images.astype(self.dtype) - MNIST_MEAN) / MNIST_STD
+        last_block = len(self.widths) - 1
+        for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = nn.relu(norm(conv(x), use_running_average=not train))
+            if k % 2 == 1 and k // 2 < last_block:  # pool after blocks 1 and 2 only
+                x = max_pool_2x2(x)
+        return x
+
+    def head(self, feature_map: jax.Array, train: bool = False) -> jax.Array:
+        """Feature map (N, 7, 7, C) -> logits (N, num_classes), pre-softmax."""
+        x = feature_map.mean(axis=(1, 2))  # global average pool, (N, C)
+        x = nn.relu(self.dense1(x))
+        x = self.dropout(x, deterministic=not train)
+        return self.dense2(x).astype(jnp.float32)
+
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        return self.head(self.features(images, train), train)
+
+    def config(self) -> dict:
+        """The constructor arguments, JSON-serialisable, to store beside checkpoints."""
+        return {
+            "num_classes": self.num_classes,
+            "widths": list(self.widths),
+            "dense_features": self.dense_features,
+            "dropout_rate": self.dropout_rate,
+            "dtype": jnp.dtype(self.dtype).name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MNISTCNN":
+        known = {f.name for f in dataclasses.fields(cls)} & (set(config) - {"bn_axis_name"})
+        kwargs = {k: config[k] for k in known}
+        if "widths" in kwargs:
+            kwargs["widths"] = tuple(kwargs["widths"])
+        if "dtype" in kwargs:
+            kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+        return cls(**kwargs)
+
+
+def initialize_model(rng: jax.Array, model: MNISTCNN | None = None):
+    """Return ``(params, batch_stats, model)`` for a freshly initialised network."""
+    model = MNISTCNN() if model is None else model
+    variables = jax.jit(model.init)(rng, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32))
+    return variables["params"], variables["batch_stats"], model
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
