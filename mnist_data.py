@@ -16,7 +16,9 @@ MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; licence CC BY-SA 3.0
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +82,7 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: corrupt deflate data in a .gz
         raise MNISTDataError(f"{path}: cannot read ({e})") from None
 
 
@@ -96,7 +98,7 @@ def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
     if magic != expected_magic:
         raise MNISTDataError(f"{path}: wrong magic number {magic}, expected {expected_magic}")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = int(np.prod(dims)) + header
+    expected = math.prod(dims) + header  # exact: np.prod's int64 wraps for corrupt huge dims
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise MNISTDataError(

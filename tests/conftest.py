@@ -1,0 +1,5 @@
+"""Shared pytest setup: make the repository root importable (``import mnist_data`` etc.)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
