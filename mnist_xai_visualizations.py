@@ -1,0 +1,537 @@
+"""Explanations for the MNIST CNN: GradCAM and friends, batched and jitted.
+
+The contract with the model (``mnist_cnn_model.MNISTCNN`` or any Flax module with the
+same two methods):
+
+    model.apply(variables, images, method=model.features)  # (N, 28, 28, 1) -> (N, h, w, C)
+    model.apply(variables, feature_map, method=model.head)  # (N, h, w, C) -> logits (N, 10)
+
+Images are float pixels in [0, 1], shape (N, 28, 28, 1); a single image may be given as
+(28, 28), (28, 28, 1) or (1, 28, 28, 1). uint8 input is accepted and divided by 255.
+"Score" below always means the target class's **logit** (pre-softmax).
+
+Every method has one batched call::
+
+    maps = method.attribute(params, batch_stats, images, target_classes=None)  # (N, 28, 28)
+
+``target_classes=None`` explains the predicted class. Raw maps are returned (signed where
+the method is signed); ``normalize_maps`` scales them to [0, 1] for display, safely on a
+constant map. The seed's one-image API works as written::
+
+    gradcam = GradCAM(model)
+    heatmap, pred, score = gradcam.compute_gradcam(params, batch_stats, image)
+
+Methods: GradCAM, GradCAMPlusPlus, ScoreCAM, Saliency, GradientXInput,
+IntegratedGradients, SmoothGrad, Occlusion. Each docstring cites its paper.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_CLASSES = 10
+IMAGE_HW = (28, 28)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(np.shape(x))} dtype {np.asarray(x).dtype}"
+
+
+def as_image_batch(images) -> np.ndarray:
+    """Validate and convert to a float32 batch (N, 28, 28, 1) in [0, 1]; never mutates input."""
+    arr = np.asarray(images)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    elif not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+              or arr.dtype == bool):
+        raise ValueError(f"images: expected a float or uint8 array, got {_describe(images)}")
+    arr = np.array(arr, dtype=np.float32)  # a copy: callers' arrays are never touched
+    if arr.shape == IMAGE_HW:
+        arr = arr[None, :, :, None]
+    elif arr.shape == (*IMAGE_HW, 1):
+        arr = arr[None]
+    elif arr.ndim == 3 and arr.shape[1:] == IMAGE_HW:
+        arr = arr[..., None]
+    elif arr.ndim == 3 and arr.shape[:2] == IMAGE_HW:  # one (28, 28, C) image
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[1:3] != IMAGE_HW:
+        raise ValueError(f"images: expected (N, 28, 28, 1), (28, 28, 1) or (28, 28) grayscale, "
+                         f"got {_describe(images)}")
+    if arr.shape[3] != 1:
+        raise ValueError(f"images: expected 1 grayscale channel, got {arr.shape[3]} channels "
+                         f"({_describe(images)}); convert colour images to gray first")
+    if arr.shape[0] == 0:
+        raise ValueError(f"images: expected at least one image, got an empty batch ({_describe(images)})")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise ValueError(f"images: expected finite pixel values, got {bad} NaN/inf values")
+    return arr
+
+
+def as_targets(target_classes, n: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """None -> -1 for every image (meaning: the predicted class); else int32 (N,) in [0, 10)."""
+    if target_classes is None:
+        return np.full((n,), -1, np.int32)
+    t = np.asarray(target_classes)
+    if t.ndim == 0:
+        t = np.full((n,), t)
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(f"target_classes: expected one class per image ({n}), got shape {t.shape}")
+    if not np.issubdtype(t.dtype, np.integer):
+        if not (np.issubdtype(t.dtype, np.floating) and np.all(np.mod(t, 1) == 0)):
+            raise ValueError(f"target_classes: expected integers, got dtype {t.dtype}")
+    if t.size and (t.min() < 0 or t.max() >= num_classes):
+        bad = t[(t < 0) | (t >= num_classes)][0]
+        raise ValueError(f"target_classes: expected classes in 0-{num_classes - 1}, got {bad}")
+    return t.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- display helpers
+
+
+def normalize_maps(maps, eps: float = 1e-12):
+    """Min-max scale each map of (N, H, W) (or one (H, W)) to [0, 1]; a flat map gives zeros."""
+    maps = jnp.asarray(maps, jnp.float32)
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    hi = maps.max(axis=(-2, -1), keepdims=True)
+    span = hi - lo
+    return jnp.where(span > eps, (maps - lo) / jnp.where(span > eps, span, 1.0), 0.0)
+
+
+def upsample(maps: jax.Array, size=IMAGE_HW) -> jax.Array:
+    """Bilinear upsampling of (N, h, w) maps to (N, 28, 28), half-pixel centres (like cv2.resize)."""
+    return jax.image.resize(maps, (maps.shape[0], *size), method="bilinear")
+
+
+def overlay_heatmap(image, heatmap, cmap: str = "jet", alpha: float = 0.45) -> np.ndarray:
+    """Blend a heatmap in [0, 1] (28, 28) over a grayscale digit in [0, 1]; returns RGB float (28, 28, 3).
+
+    Pure function: no figure is made. Rejects out-of-range input, quoting the bad value.
+    """
+    import matplotlib
+
+    img = np.asarray(image, np.float32).reshape(IMAGE_HW) if np.size(image) == 784 else None
+    if img is None:
+        raise ValueError(f"overlay_heatmap: image expected 28x28 grayscale, got {_describe(image)}")
+    if np.asarray(image).dtype == np.uint8:
+        img = img / 255.0
+    hm = np.asarray(heatmap, np.float32)
+    if hm.shape != IMAGE_HW:
+        raise ValueError(f"overlay_heatmap: heatmap expected shape (28, 28), got {hm.shape}")
+    for name, a in (("image", img), ("heatmap", hm)):
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            bad = a[~np.isfinite(a) | (a < 0) | (a > 1)].flat[0]
+            raise ValueError(f"overlay_heatmap: {name} values expected in [0, 1], got {bad}")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"overlay_heatmap: alpha expected in [0, 1], got {alpha}")
+    gray = np.repeat(img[..., None], 3, axis=-1)
+    colour = matplotlib.colormaps[cmap](hm)[..., :3]
+    return (1 - alpha) * gray + alpha * colour
+
+
+def explanation_grid(images, rows: Sequence[dict], columns: Sequence[str], titles=None,
+                     cmap: str = "jet", figsize_per_cell: float = 1.7):
+    """Lay out digits and their maps in a matplotlib figure (digit | map | map | ...).
+
+    ``rows``: one dict per image mapping a column name to a (28, 28) map in [0, 1]
+    (shown as an overlay) — the column "digit" is the image itself. Returns the figure;
+    the caller saves it. Only the demos call this.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = as_image_batch(images)[..., 0]
+    n, m = len(rows), len(columns)
+    fig, axes = plt.subplots(n, m, figsize=(figsize_per_cell * m, figsize_per_cell * n + 0.3),
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(columns):
+            ax = axes[i, j]
+            if col == "digit":
+                ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(overlay_heatmap(images[i], np.asarray(row[col]), cmap=cmap))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col, fontsize=9)
+        if titles is not None:
+            axes[i, 0].set_ylabel(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- the methods
+
+
+def _variables(params, batch_stats):
+    return {"params": params, "batch_stats": batch_stats}
+
+
+def _resolve_targets(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return jnp.where(targets < 0, logits.argmax(-1), targets)
+
+
+class Explainer:
+    """Base class: input checks, chunking and the uniform batched call.
+
+    Subclasses implement ``_maps(variables, images, targets, key) -> (maps, logits)`` for one
+    chunk (traced under ``jax.jit``); ``targets`` holds -1 where the predicted class is wanted.
+    """
+
+    #: images per compiled call; large batches are processed in chunks of this size so that
+    #: memory stays bounded (the last chunk is padded, so each size compiles once).
+    chunk_size: int = 512
+    signed: bool = False
+
+    def __init__(self, model, chunk_size: int | None = None):
+        for method in ("features", "head"):
+            if not callable(getattr(model, method, None)):
+                raise ValueError(f"model: expected a Flax module with a `{method}` method, "
+                                 f"got {type(model).__name__}")
+        self.model = model
+        if chunk_size is not None:
+            if int(chunk_size) < 1:
+                raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+            self.chunk_size = int(chunk_size)
+        self._jitted = jax.jit(self._maps)
+
+    # The two halves of the network, for subclasses.
+    def features(self, variables, images):
+        return self.model.apply(variables, images, method=self.model.features)
+
+    def head(self, variables, feature_map):
+        return self.model.apply(variables, feature_map, method=self.model.head)
+
+    def logits(self, variables, images):
+        return self.head(variables, self.features(variables, images))
+
+    def target_logit_grad(self, variables, images, targets):
+        """d(target logit)/d(images) for a batch, and the logits. Images are independent at
+        inference (BatchNorm uses running statistics), so the gradient of the sum is per image."""
+        def total(x):
+            logits = self.logits(variables, x)
+            t = _resolve_targets(jax.lax.stop_gradient(logits), targets)
+            return jnp.take_along_axis(logits, t[:, None], 1).sum(), logits
+        grads, logits = jax.grad(total, has_aux=True)(images)
+        return grads, logits
+
+    def _maps(self, variables, images, targets, key):
+        raise NotImplementedError
+
+    def explain(self, params, batch_stats, images, target_classes=None, key=None):
+        """Return ``(maps (N, 28, 28), predictions (N,), target_logits (N,))`` as numpy."""
+        x = as_image_batch(images)
+        t = as_targets(target_classes, len(x))
+        key = jax.random.PRNGKey(0) if key is None else key
+        variables = _variables(params, batch_stats)
+        n, c = len(x), self.chunk_size
+        maps, logits = [], []
+        for start in range(0, n, c):
+            xc, tc = x[start:start + c], t[start:start + c]
+            pad = (c - len(xc)) if n > c else 0  # fixed chunk shape: compile once
+            if pad:
+                xc = np.concatenate([xc, np.zeros((pad, *xc.shape[1:]), xc.dtype)])
+                tc = np.concatenate([tc, np.zeros(pad, tc.dtype)])
+            m, lg = self._jitted(variables, xc, tc, key)
+            maps.append(np.asarray(m)[:len(m) - pad])
+            logits.append(np.asarray(lg)[:len(lg) - pad])
+        maps, logits = np.concatenate(maps), np.concatenate(logits)
+        preds = logits.argmax(-1)
+        chosen = np.where(t < 0, preds, t)
+        return maps, preds, logits[np.arange(n), chosen]
+
+    def attribute(self, params, batch_stats, images, target_classes=None, key=None) -> np.ndarray:
+        """Raw attribution maps (N, 28, 28) for a batch (a single image is a batch of one)."""
+        return self.explain(params, batch_stats, images, target_classes, key)[0]
+
+    __call__ = attribute
+
+
+# ---- CAM family
+
+
+class GradCAM(Explainer):
+    """Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391), eqs. 1-2.
+
+    alpha_k = mean_ij d y^c / d A^k_ij   (y^c: target logit, A: last conv block's output)
+    L = ReLU(sum_k alpha_k A^k), 7x7, bilinearly upsampled to 28x28.
+
+    ``relu=False`` keeps negative evidence; ``upsample_maps=False`` in ``cam_7x7`` gives
+    the raw 7x7 map. ``attribute`` returns the upsampled, unscaled map;
+    ``compute_gradcam`` returns the display map scaled to [0, 1].
+    """
+
+    chunk_size = 1024
+
+    def __init__(self, model, relu: bool = True, chunk_size: int | None = None):
+        self.relu = relu
+        super().__init__(model, chunk_size)
+
+    def channel_weights(self, feature_map, grads):
+        return grads.mean(axis=(1, 2))  # (N, C)
+
+    def cam_7x7(self, variables, images, targets):
+        feature_map = self.features(variables, images)  # (N, 7, 7, C)
+        logits, head_vjp = jax.vjp(lambda a: self.head(variables, a), feature_map)
+        t = _resolve_targets(logits, targets)
+        (grads,) = head_vjp(jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype))
+        weights = self.channel_weights(feature_map, grads)  # (N, C)
+        cam = jnp.einsum("nhwc,nc->nhw", feature_map, weights)
+        return (jax.nn.relu(cam) if self.relu else cam), logits
+
+    def _maps(self, variables, images, targets, key):
+        cam, logits = self.cam_7x7(variables, images, targets)
+        return upsample(cam), logits
+
+    def raw_cam(self, params, batch_stats, images, target_classes=None) -> np.ndarray:
+        """The 7x7 map before upsampling and scaling, (N, 7, 7)."""
+        x = as_image_batch(images)
+        t = as_targets(target_classes, len(x))
+        cam, _ = jax.jit(self.cam_7x7)(_variables(params, batch_stats), x, t)
+        return np.asarray(cam)
+
+    def compute_gradcam(self, params, batch_stats, image, target_class: int | None = None):
+        """One image -> ``(heatmap (28, 28) in [0, 1], predicted class, target logit)``.
+
+        ``score`` is the logit (pre-softmax) of the explained class — the prediction unless
+        ``target_class`` is given.
+        """
+        x = as_image_batch(image)
+        if len(x) != 1:
+            raise ValueError(f"compute_gradcam: expected one image, got a batch of {len(x)}; "
+                             f"use attribute() for batches")
+        maps, preds, scores = self.explain(params, batch_stats, x,
+                                           None if target_class is None else [target_class])
+        return np.asarray(normalize_maps(maps[0])), int(preds[0]), float(scores[0])
+
+
+class GradCAMPlusPlus(GradCAM):
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018, arXiv:1710.11063), eq. 19.
+
+    alpha^kc_ij = g^2 / (2 g^2 + sum_ab A^k_ab g^3), with g = d y^c / d A^k_ij;
+    w_k = sum_ij alpha^kc_ij ReLU(g). Written with the exponential-of-score simplification
+    that pytorch-grad-cam uses (higher derivatives as powers of the first).
+    """
+
+    def channel_weights(self, feature_map, grads):
+        g2, g3 = grads ** 2, grads ** 3
+        denom = 2 * g2 + feature_map.sum(axis=(1, 2), keepdims=True) * g3
+        alpha = g2 / jnp.where(denom != 0, denom, 1.0)
+        return (alpha * jax.nn.relu(grads)).sum(axis=(1, 2))
+
+
+class ScoreCAM(GradCAM):
+    """Score-CAM (Wang et al., CVPR-W 2020, arXiv:1910.01279), eqs. 6-8.
+
+    Each channel's upsampled activation, min-max scaled to [0, 1], masks the input; the
+    channel weight is the softmax over channels of the target logit on the masked input.
+    Costs one forward pass per channel (128 per image): bounded by the forward pass.
+    """
+
+    chunk_size = 16
+
+    def _maps(self, variables, images, targets, key):
+        feature_map = self.features(variables, images)  # (N, 7, 7, C)
+        logits = self.head(variables, feature_map)
+        t = _resolve_targets(logits, targets)
+        n, _, _, c = feature_map.shape
+        masks = normalize_maps(upsample(jnp.moveaxis(feature_map, -1, 1).reshape(n * c, 7, 7)))
+        masked = images[:, None] * masks.reshape(n, c, 28, 28, 1)  # (N, C, 28, 28, 1)
+        scores = self.logits(variables, masked.reshape(n * c, 28, 28, 1)).reshape(n, c, -1)
+        target_scores = jnp.take_along_axis(scores, t[:, None, None], 2)[..., 0]  # (N, C)
+        weights = jax.nn.softmax(target_scores, axis=1)
+        cam = jax.nn.relu(jnp.einsum("nhwc,nc->nhw", feature_map, weights))
+        return upsample(cam), logits
+
+
+# ---- gradient family
+
+
+class Saliency(Explainer):
+    """Vanilla gradient saliency (Simonyan et al., ICLR-W 2014, arXiv:1312.6034), eq. 2 / sec. 3.1.
+
+    M = |d y^c / d x| for the single grayscale channel; ``absolute=False`` gives the signed
+    gradient.
+    """
+
+    def __init__(self, model, absolute: bool = True, chunk_size: int | None = None):
+        self.absolute = absolute
+        self.signed = not absolute
+        super().__init__(model, chunk_size)
+
+    def _maps(self, variables, images, targets, key):
+        grads, logits = self.target_logit_grad(variables, images, targets)
+        g = grads[..., 0]
+        return (jnp.abs(g) if self.absolute else g), logits
+
+
+class GradientXInput(Explainer):
+    """Gradient x Input (Shrikumar et al. 2016, arXiv:1605.01713; Ancona et al., ICLR 2018, eq. 3).
+
+    R = x * d y^c / d x (signed).
+    """
+
+    signed = True
+
+    def _maps(self, variables, images, targets, key):
+        grads, logits = self.target_logit_grad(variables, images, targets)
+        return (grads * images)[..., 0], logits
+
+
+class IntegratedGradients(Explainer):
+    """Integrated Gradients (Sundararajan et al., ICML 2017, arXiv:1703.01365), eq. 3.
+
+    IG_i = (x_i - x'_i) * integral_0^1 d y^c(x' + a (x - x')) / d x_i da, approximated with
+    ``steps`` Gauss-Legendre nodes (as Captum does). Completeness: sum_i IG_i ~= y^c(x) - y^c(x').
+    ``baseline``: a scalar pixel value or a (28, 28[, 1]) image; default black (0).
+    All interpolants of a chunk go through the network as one batch.
+    """
+
+    signed = True
+
+    def __init__(self, model, steps: int = 50, baseline=0.0, chunk_size: int | None = None):
+        if int(steps) < 1:
+            raise ValueError(f"steps: expected a positive integer, got {steps}")
+        self.steps = int(steps)
+        b = np.asarray(baseline, np.float32)
+        if b.ndim and b.size != 784:
+            raise ValueError(f"baseline: expected a scalar or a 28x28 image, got shape {b.shape}")
+        if not np.isfinite(b).all():
+            raise ValueError("baseline: expected finite values, got NaN/inf")
+        self.baseline = b.reshape(1, 28, 28, 1) if b.ndim else b
+        nodes, weights = np.polynomial.legendre.leggauss(self.steps)
+        self.alphas = ((nodes + 1) / 2).astype(np.float32)  # in (0, 1)
+        self.weights = (weights / 2).astype(np.float32)      # sum to 1
+        if chunk_size is None:
+            chunk_size = max(1, 1024 // self.steps)
+        super().__init__(model, chunk_size)
+
+    def _maps(self, variables, images, targets, key):
+        n = images.shape[0]
+        baseline = jnp.broadcast_to(jnp.asarray(self.baseline), images.shape)
+        logits = self.logits(variables, images)
+        t = _resolve_targets(logits, targets)
+        a = jnp.asarray(self.alphas)[:, None, None, None, None]
+        path = baseline[None] + a * (images - baseline)[None]  # (S, N, 28, 28, 1)
+        grads, _ = self.target_logit_grad(variables, path.reshape(-1, 28, 28, 1), jnp.tile(t, self.steps))
+        avg = jnp.tensordot(jnp.asarray(self.weights), grads.reshape(self.steps, n, 28, 28, 1), 1)
+        return ((images - baseline) * avg)[..., 0], logits
+
+    def completeness_gap(self, params, batch_stats, images, target_classes=None):
+        """Per image: sum of attributions minus (f(x) - f(baseline)) for the target logit, and f(x) - f(x')."""
+        x = as_image_batch(images)
+        maps, preds, scores = self.explain(params, batch_stats, x, target_classes)
+        t = np.where(as_targets(target_classes, len(x)) < 0, preds, as_targets(target_classes, len(x)))
+        base = np.broadcast_to(self.baseline, x.shape).astype(np.float32)
+        base_logits = np.asarray(jax.jit(self.logits)(_variables(params, batch_stats), base))
+        delta = scores - base_logits[np.arange(len(x)), t]
+        return maps.sum(axis=(1, 2)) - delta, delta
+
+
+class SmoothGrad(Explainer):
+    """SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825), eq. 3.
+
+    M = (1/n) sum_k |d y^c / d x (x + N(0, sigma^2))|, sigma = noise_level * (max - min) of
+    the input range [0, 1]. ``absolute=False`` averages signed gradients instead. Noise comes
+    from the explicit ``key`` passed to ``attribute``/``explain`` (default PRNGKey(0)); the
+    same ``samples`` noise images are used for every image of the call, so an image's map
+    does not depend on the batch it is in.
+    """
+
+    def __init__(self, model, samples: int = 25, noise_level: float = 0.15, absolute: bool = True,
+                 chunk_size: int | None = None):
+        if int(samples) < 1:
+            raise ValueError(f"samples: expected a positive integer, got {samples}")
+        if not noise_level >= 0:
+            raise ValueError(f"noise_level: expected >= 0, got {noise_level}")
+        self.samples, self.noise_level, self.absolute = int(samples), float(noise_level), absolute
+        self.signed = not absolute
+        if chunk_size is None:
+            chunk_size = max(1, 1024 // self.samples)
+        super().__init__(model, chunk_size)
+
+    def _maps(self, variables, images, targets, key):
+        n = images.shape[0]
+        logits = self.logits(variables, images)
+        t = _resolve_targets(logits, targets)
+        # One set of noise samples, shared by every image: an image's map then depends only on
+        # the image and the key, not on which batch it came in.
+        noise = self.noise_level * jax.random.normal(key, (self.samples, 1, *images.shape[1:]), images.dtype)
+        noisy = (images[None] + noise).reshape(-1, 28, 28, 1)
+        grads, _ = self.target_logit_grad(variables, noisy, jnp.tile(t, self.samples))
+        grads = grads.reshape(self.samples, n, 28, 28)
+        return (jnp.abs(grads) if self.absolute else grads).mean(0), logits
+
+
+class Occlusion(Explainer):
+    """Occlusion (Zeiler & Fergus, ECCV 2014, arXiv:1311.2901), sec. 4.2, as in Captum.
+
+    A ``patch`` x ``patch`` square of ``baseline`` slides with ``stride``; each pixel gets the
+    mean drop of the target logit over the windows that cover it. Forward passes only.
+    """
+
+    signed = True
+    chunk_size = 8
+
+    def __init__(self, model, patch: int = 4, stride: int = 2, baseline: float = 0.0,
+                 chunk_size: int | None = None):
+        if not (1 <= int(patch) <= 28 and 1 <= int(stride) <= 28):
+            raise ValueError(f"patch and stride: expected integers in 1-28, got {patch} and {stride}")
+        self.patch, self.stride, self.baseline = int(patch), int(stride), float(baseline)
+        starts = list(range(0, 28 - self.patch + 1, self.stride))
+        if starts[-1] != 28 - self.patch:
+            starts.append(28 - self.patch)  # cover the last rows/columns too
+        masks = np.zeros((len(starts) ** 2, 28, 28), np.float32)
+        for k, (i, j) in enumerate((i, j) for i in starts for j in starts):
+            masks[k, i:i + self.patch, j:j + self.patch] = 1
+        self.masks = masks  # (W, 28, 28), 1 inside the occluding window
+        self.coverage = masks.sum(0)
+        super().__init__(model, chunk_size)
+
+    def _maps(self, variables, images, targets, key):
+        n, w = images.shape[0], len(self.masks)
+        logits = self.logits(variables, images)
+        t = _resolve_targets(logits, targets)
+        m = jnp.asarray(self.masks)[None, :, :, :, None]  # (1, W, 28, 28, 1)
+        occluded = images[:, None] * (1 - m) + self.baseline * m  # (N, W, 28, 28, 1)
+        out = self.logits(variables, occluded.reshape(n * w, 28, 28, 1)).reshape(n, w, -1)
+        drop = jnp.take_along_axis(logits, t[:, None], 1) - jnp.take_along_axis(out, t[:, None, None], 2)[..., 0]
+        maps = jnp.einsum("nw,whk->nhk", drop, jnp.asarray(self.masks)) / jnp.asarray(self.coverage)
+        return maps, logits
+
+
+METHODS: dict[str, Callable] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "scorecam": ScoreCAM,
+    "saliency": Saliency,
+    "gradient_x_input": GradientXInput,
+    "integrated_gradients": IntegratedGradients,
+    "smoothgrad": SmoothGrad,
+    "occlusion": Occlusion,
+}
+
+
+def make_explainer(name: str, model, **kwargs) -> Explainer:
+    """Build a method by name (see ``METHODS``)."""
+    if name not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {name!r}")
+    return METHODS[name](model, **kwargs)
+
+
+def compute_saliency(model, params, batch_stats, image, target_class: int | None = None):
+    """The seed's saliency for one image: (|d logit / d x| scaled to [0, 1] (28, 28), pred, logit)."""
+    maps, preds, scores = Saliency(model).explain(
+        params, batch_stats, image, None if target_class is None else [target_class])
+    if len(maps) != 1:
+        raise ValueError(f"compute_saliency: expected one image, got a batch of {len(maps)}")
+    return np.asarray(normalize_maps(maps[0])), int(preds[0]), float(scores[0])

@@ -1,0 +1,228 @@
+"""Explanation methods: known answers, axioms, batching, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import mnist_xai_visualizations as X
+from mnist_cnn_model import initialize_model
+
+
+class GapDenseNet(nn.Module):
+    """features: 4x4 average pool of the image into 2 channels; head: GAP -> Dense (a CAM net)."""
+
+    def setup(self):
+        self.conv = nn.Conv(2, (1, 1))
+        self.dense = nn.Dense(10)
+
+    def features(self, images):
+        pooled = images.reshape(-1, 7, 4, 7, 4, 1).mean(axis=(2, 4))  # (N, 7, 7, 1)
+        return self.conv(pooled)  # (N, 7, 7, 2)
+
+    def head(self, feature_map):
+        return self.dense(feature_map.mean(axis=(1, 2)))
+
+    def __call__(self, images):
+        return self.head(self.features(images))
+
+
+class LinearNet(nn.Module):
+    """logits = W . flatten(x) + b; features is the image itself."""
+
+    def setup(self):
+        self.dense = nn.Dense(10)
+
+    def features(self, images):
+        return images
+
+    def head(self, feature_map):
+        return self.dense(feature_map.reshape(feature_map.shape[0], -1))
+
+    def __call__(self, images):
+        return self.head(self.features(images))
+
+
+def _init(module):
+    variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 28, 28, 1)))
+    return variables["params"], variables.get("batch_stats", {})
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+    return params, batch_stats, model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    rng = np.random.default_rng(0)
+    return rng.random((3, 28, 28, 1)).astype(np.float32)
+
+
+def test_gradcam_equals_cam_on_gap_dense_head():
+    model = GapDenseNet()
+    params, batch_stats = _init(model)
+    x = np.random.default_rng(1).random((4, 28, 28, 1)).astype(np.float32)
+    targets = np.array([0, 3, 7, 9])
+    # CAM (Zhou et al. 2016): M_c = sum_k w_k^c A_k, computed by hand from the weights.
+    fmap = np.asarray(model.apply({"params": params}, x, method=model.features))
+    w = np.asarray(params["dense"]["kernel"])  # (2, 10)
+    cam = np.einsum("nhwk,kn->nhw", fmap, w[:, targets])
+    raw = X.GradCAM(model, relu=False).raw_cam(params, batch_stats, x, targets)
+    np.testing.assert_allclose(raw, cam / 49, rtol=1e-5, atol=1e-7)  # alpha_k = w_k^c / (7 * 7)
+    relu_cam = X.GradCAM(model).raw_cam(params, batch_stats, x, targets)
+    np.testing.assert_allclose(relu_cam, np.maximum(cam, 0) / 49, rtol=1e-5, atol=1e-7)
+
+
+def test_gradcam_hand_built_7x7_literal():
+    model = GapDenseNet()
+    params, batch_stats = _init(model)
+    # Channel 0 = pooled image, channel 1 = 0.5 everywhere; class 0 weights (2, -1).
+    params = jax.tree_util.tree_map(np.zeros_like, params)
+    params["conv"]["kernel"] = np.array([[[[1.0, 0.0]]]], np.float32)
+    params["conv"]["bias"] = np.array([0.0, 0.5], np.float32)
+    params["dense"]["kernel"] = np.zeros((2, 10), np.float32)
+    params["dense"]["kernel"][:, 0] = [2.0, -1.0]
+    image = np.zeros((28, 28), np.float32)
+    image[:4, :4] = 1.0  # exactly the top-left pooling cell
+    raw = X.GradCAM(model).raw_cam(params, batch_stats, image, [0])[0]
+    expected = np.zeros((7, 7), np.float32)
+    expected[0, 0] = (2 * 1.0 - 1 * 0.5) / 49  # elsewhere 2*0 - 0.5 < 0, cut by the ReLU
+    np.testing.assert_allclose(raw, expected, atol=1e-7)
+    heatmap, pred, score = X.GradCAM(model).compute_gradcam(params, batch_stats, image, target_class=0)
+    assert heatmap.shape == (28, 28) and heatmap.max() == pytest.approx(1.0) and heatmap.min() == 0.0
+    assert heatmap[1, 1] > heatmap[27, 27]
+    assert score == pytest.approx(2 * (1 / 49) - 0.5)  # GAP of channel 0 is 1/49
+
+
+def test_saliency_of_linear_model_is_abs_weights():
+    model = LinearNet()
+    params, batch_stats = _init(model)
+    x = np.random.default_rng(2).random((3, 28, 28)).astype(np.float32)
+    targets = np.array([1, 4, 8])
+    maps = X.Saliency(model).attribute(params, batch_stats, x, targets)
+    w = np.asarray(params["dense"]["kernel"])  # (784, 10)
+    np.testing.assert_allclose(maps, np.abs(w[:, targets]).T.reshape(3, 28, 28), rtol=1e-6)
+    signed = X.Saliency(model, absolute=False).attribute(params, batch_stats, x, targets)
+    np.testing.assert_allclose(signed, w[:, targets].T.reshape(3, 28, 28), rtol=1e-6)
+    gxi = X.GradientXInput(model).attribute(params, batch_stats, x, targets)
+    np.testing.assert_allclose(gxi, x * w[:, targets].T.reshape(3, 28, 28), rtol=1e-5, atol=1e-7)
+
+
+def test_integrated_gradients_exact_on_linear_model():
+    model = LinearNet()
+    params, batch_stats = _init(model)
+    x = np.random.default_rng(3).random((2, 28, 28)).astype(np.float32)
+    ig = X.IntegratedGradients(model, steps=8).attribute(params, batch_stats, x, [5, 6])
+    w = np.asarray(params["dense"]["kernel"])
+    np.testing.assert_allclose(ig, x * w[:, [5, 6]].T.reshape(2, 28, 28), rtol=1e-5, atol=1e-7)
+
+
+def test_integrated_gradients_completeness_random_cnn(cnn, digits):
+    params, batch_stats, model = cnn
+    gap, delta = X.IntegratedGradients(model).completeness_gap(params, batch_stats, digits)
+    assert np.all(np.abs(gap) <= 0.01 * np.abs(delta) + 1e-4)
+
+
+ALL_METHODS = list(X.METHODS)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_batched_equals_one_at_a_time_and_no_mutation(name, cnn, digits):
+    params, batch_stats, model = cnn
+    explainer = X.make_explainer(name, model)
+    before = digits.copy()
+    targets = np.array([2, 5, 7])
+    maps, preds, scores = explainer.explain(params, batch_stats, digits, targets)
+    assert maps.shape == (3, 28, 28) and np.isfinite(maps).all()
+    np.testing.assert_array_equal(digits, before)
+    for i in range(3):
+        one = explainer.attribute(params, batch_stats, digits[i, :, :, 0], targets[i])
+        np.testing.assert_allclose(one[0], maps[i], rtol=1e-4, atol=1e-6 * np.abs(maps[i]).max())
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, digits)
+    np.testing.assert_array_equal(preds, np.asarray(logits).argmax(-1))
+    np.testing.assert_allclose(scores, np.asarray(logits)[np.arange(3), targets], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("fill", [0.0, 0.5, 1.0])
+def test_flat_images_give_finite_maps(name, fill, cnn):
+    params, batch_stats, model = cnn
+    maps = X.make_explainer(name, model).attribute(params, batch_stats, np.full((28, 28), fill, np.float32))
+    assert np.isfinite(maps).all()
+    assert np.isfinite(np.asarray(X.normalize_maps(maps))).all()
+
+
+def test_chunking_matches_single_call(cnn):
+    params, batch_stats, model = cnn
+    x = np.random.default_rng(4).random((7, 28, 28, 1)).astype(np.float32)
+    whole = X.Saliency(model).attribute(params, batch_stats, x)
+    chunked = X.Saliency(model, chunk_size=3).attribute(params, batch_stats, x)  # 3 + 3 + 1 (padded)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-8)
+
+
+def test_normalize_maps_guards_flat_maps():
+    out = np.asarray(X.normalize_maps(np.stack([np.full((28, 28), 3.0), np.arange(784.0).reshape(28, 28)])))
+    np.testing.assert_array_equal(out[0], 0.0)
+    assert out[1].min() == 0.0 and out[1].max() == 1.0
+
+
+def test_uint8_images_are_scaled(cnn):
+    params, batch_stats, model = cnn
+    img = (np.random.default_rng(5).random((28, 28)) * 255).astype(np.uint8)
+    a = X.Saliency(model).attribute(params, batch_stats, img)
+    b = X.Saliency(model).attribute(params, batch_stats, img.astype(np.float32) / 255)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_overlay_heatmap_pure_and_checked():
+    img = np.linspace(0, 1, 784, dtype=np.float32).reshape(28, 28)
+    hm = img[::-1].copy()
+    out = X.overlay_heatmap(img, hm, alpha=0.0)
+    assert out.shape == (28, 28, 3)
+    np.testing.assert_allclose(out[..., 0], img)
+    with pytest.raises(ValueError, match=r"heatmap values expected in \[0, 1\], got 2"):
+        X.overlay_heatmap(img, hm * 2 + 0.5)
+    with pytest.raises(ValueError, match="heatmap expected shape"):
+        X.overlay_heatmap(img, np.zeros((7, 7)))
+
+
+@pytest.mark.parametrize("images, match", [
+    (np.zeros((28, 28, 3), np.float32), "1 grayscale channel, got 3"),
+    (np.zeros((2, 32, 32, 1), np.float32), r"expected \(N, 28, 28, 1\).*got shape \(2, 32, 32, 1\)"),
+    (np.zeros((28,), np.float32), r"got shape \(28,\)"),
+    (np.zeros((0, 28, 28, 1), np.float32), "empty batch"),
+    (np.full((28, 28), np.nan, np.float32), "finite pixel values, got 784 NaN/inf"),
+    (np.full((28, 28), np.inf, np.float32), "finite pixel values"),
+    (np.array([["a"] * 28] * 28), "float or uint8"),
+])
+def test_bad_images(images, match, cnn):
+    params, batch_stats, model = cnn
+    with pytest.raises(ValueError, match=match):
+        X.GradCAM(model).attribute(params, batch_stats, images)
+
+
+@pytest.mark.parametrize("targets, match", [
+    ([10], "classes in 0-9, got 10"),
+    ([-1], "classes in 0-9, got -1"),
+    ([1, 2], r"one class per image \(1\), got shape \(2,\)"),
+    ([1.5], "expected integers"),
+])
+def test_bad_targets(targets, match, cnn, digits):
+    params, batch_stats, model = cnn
+    with pytest.raises(ValueError, match=match):
+        X.Saliency(model).attribute(params, batch_stats, digits[:1], targets)
+
+
+def test_bad_method_name_and_model():
+    with pytest.raises(ValueError, match="method: expected one of gradcam"):
+        X.make_explainer("lime", LinearNet())
+    with pytest.raises(ValueError, match="`features` method"):
+        X.GradCAM(object())
+
+
+def test_compute_gradcam_rejects_a_batch(cnn, digits):
+    params, batch_stats, model = cnn
+    with pytest.raises(ValueError, match="expected one image, got a batch of 3"):
+        X.GradCAM(model).compute_gradcam(params, batch_stats, digits)
