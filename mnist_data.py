@@ -204,3 +204,20 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
             f.write(payload)
     else:
         path.write_bytes(payload)
+
+
+SAMPLE_PATH = Path(__file__).resolve().parent / "sample_data" / "mnist_test_sample.npz"
+
+
+def load_sample_digits(path: str | os.PathLike = SAMPLE_PATH) -> Split:
+    """The 200 real MNIST test digits shipped in ``sample_data/`` (CC BY-SA 3.0), no download."""
+    path = Path(path)
+    try:
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, KeyError, ValueError) as e:
+        raise MNISTDataError(f"{path}: cannot read the sample digits ({e})") from None
+    if images.shape[1:] != (ROWS, COLS, 1) or len(images) != len(labels):
+        raise MNISTDataError(f"{path}: expected images (N, 28, 28, 1) and N labels, "
+                             f"got {images.shape} and {labels.shape}")
+    return Split(images.astype(np.uint8), labels.astype(np.int32))

@@ -133,7 +133,7 @@ def overlay_heatmap(image, heatmap, cmap: str = "jet", alpha: float = 0.45) -> n
         raise ValueError(f"overlay_heatmap: alpha expected in [0, 1], got {alpha}")
     gray = np.repeat(img[..., None], 3, axis=-1)
     colour = matplotlib.colormaps[cmap](hm)[..., :3]
-    return (1 - alpha) * gray + alpha * colour
+    return np.clip((1 - alpha) * gray + alpha * colour, 0.0, 1.0)
 
 
 def explanation_grid(images, rows: Sequence[dict], columns: Sequence[str], titles=None,
