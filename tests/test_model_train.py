@@ -1,0 +1,239 @@
+"""Model, training loop, checkpoints and the training CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import mnist_checkpoint as ckpt
+import train_mnist as T
+from mnist_cnn_model import MNISTCNN, conv3x3, count_params, initialize_model
+from mnist_data import MNIST, Split
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def test_exact_parameter_count_and_shapes():
+    params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+    assert count_params(params) == 322_922
+    assert count_params(batch_stats) == 2 * (32 + 32 + 64 + 64 + 128 + 128)
+    variables = {"params": params, "batch_stats": batch_stats}
+    x = jnp.zeros((3, 28, 28, 1))
+    assert model.apply(variables, x).shape == (3, 10)
+    fmap = model.apply(variables, x, method=MNISTCNN.features)
+    assert fmap.shape == (3, 7, 7, 128)
+    np.testing.assert_allclose(model.apply(variables, fmap, method=MNISTCNN.head),
+                               model.apply(variables, x), rtol=1e-6)
+
+
+def test_conv3x3_gradients_match_xla_conv():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(5, 14, 14, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 6, 4)), jnp.float32)
+
+    def reference(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    g_new = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv3x3(x, w))), (0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(reference(x, w))), (0, 1))(x, w)
+    for a, b in zip(g_new, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_model_config_round_trip():
+    model = MNISTCNN(dense_features=64, dropout_rate=0.25)
+    assert MNISTCNN.from_config(json.loads(json.dumps(model.config()))) == model
+
+
+# ----------------------------------------------------------------------------- training
+
+def _synthetic(n_train=256, n_val=64, n_test=64, seed=0) -> MNIST:
+    """A separable set: class c is a bright 6x6 square at one of ten fixed places, plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        labels = rng.integers(0, 10, n).astype(np.int32)
+        images = rng.integers(0, 40, (n, 28, 28, 1)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            r, col = 2 + 12 * (c // 5), 1 + 5 * (c % 5)
+            images[i, r:r + 6, col:col + 6] = 255
+        return Split(images, labels)
+
+    return MNIST(make(n_train), make(n_val), make(n_test), "synthetic")
+
+
+def _cfg(**kw):
+    base = dict(epochs=2, batch_size=16, learning_rate=3e-3, augment=False, seed=0, steps_per_call=1)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def _params_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return _synthetic()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic):
+    workdir = tmp_path_factory.mktemp("run")
+    result = T.train_and_evaluate(_cfg(), workdir, synthetic, progress=False, log=lambda *_: None)
+    return workdir, result
+
+
+def test_separable_set_trains_to_100_percent(trained):
+    _, result = trained
+    assert result["test_accuracy"] == 1.0
+    assert result["history"][-1]["val_accuracy"] == 1.0
+
+
+def test_checkpoint_reload_gives_identical_logits(trained, synthetic):
+    workdir, result = trained
+    params, batch_stats, model, meta = ckpt.load_checkpoint(workdir)
+    assert meta["epoch"] == 2 and meta["model"] == MNISTCNN().config()
+    x = synthetic.test.images[:16].astype(np.float32) / 255
+    state = result["state"]
+    expected = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, x)
+    got = model.apply({"params": params, "batch_stats": batch_stats}, x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == result["test_accuracy"] and len(metrics["history"]) == 2
+    assert (workdir / "training_curves.png").stat().st_size > 10_000
+
+
+def test_same_seed_same_params_and_resume_equals_uninterrupted(trained, synthetic, tmp_path):
+    _, uninterrupted = trained
+    # Same seed again, interrupted mid-epoch 2 (as Ctrl-C would), then resumed.
+    with pytest.raises(KeyboardInterrupt):
+        T.train_and_evaluate(_cfg(), tmp_path, synthetic, progress=False, log=lambda *_: None,
+                             stop_after_steps=21)
+    assert ckpt.make_manager(tmp_path, read_only=True).latest_step() == 21
+    resumed = T.train_and_evaluate(_cfg(), tmp_path, synthetic, resume=True, progress=False,
+                                   log=lambda *_: None)
+    assert _params_equal(resumed["state"]["params"], uninterrupted["state"]["params"])
+    assert _params_equal(resumed["state"]["batch_stats"], uninterrupted["state"]["batch_stats"])
+
+
+def test_different_seed_different_params(trained, synthetic, tmp_path):
+    _, first = trained
+    other = T.train_and_evaluate(_cfg(epochs=1, seed=1), tmp_path, synthetic, progress=False,
+                                 log=lambda *_: None)
+    assert not _params_equal(other["state"]["params"], first["state"]["params"])
+
+
+def test_resume_with_other_config_is_refused(trained, synthetic):
+    workdir, _ = trained
+    with pytest.raises(ValueError, match="different config"):
+        T.train_and_evaluate(_cfg(learning_rate=1e-3), workdir, synthetic, resume=True, progress=False,
+                             log=lambda *_: None)
+
+
+def test_augmentation_is_identity_at_zero_strength():
+    x = jnp.asarray(np.random.default_rng(0).random((4, 28, 28, 1)), jnp.float32)
+    cfg = T.TrainConfig(max_rotation_deg=0.0, max_scale=0.0, max_shift=0.0)
+    np.testing.assert_allclose(T.random_affine(jax.random.PRNGKey(0), x, cfg), x, atol=1e-6)
+    shifted = T.random_affine(jax.random.PRNGKey(0), x, T.TrainConfig())
+    assert shifted.shape == x.shape and not np.allclose(shifted, x)
+
+
+def test_checkpoint_that_does_not_fit_the_model(trained, tmp_path):
+    workdir, _ = trained
+    step_dir = ckpt.resolve_checkpoint_dir(workdir)
+    meta = json.loads((step_dir / "meta" / "metadata").read_text())
+    meta["model"]["dense_features"] = 128
+    bad = tmp_path / "bad"
+    import shutil
+    shutil.copytree(step_dir, bad)
+    (bad / "meta" / "metadata").write_text(json.dumps(meta))
+    with pytest.raises(ckpt.CheckpointError, match="do not fit the model: params/dense1/bias expected"):
+        ckpt.load_checkpoint(bad)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "expected a positive integer, got 0"),
+    (["--batch-size", "abc"], "invalid positive_int value"),
+    (["--learning-rate", "-1"], "expected a positive number"),
+    (["--evaluate"], "--evaluate needs --checkpoint"),
+    (["--data-dir", "/no/such/folder", "--epochs", "1"], "/no/such/folder: data folder does not exist"),
+    (["--evaluate", "--checkpoint", "/no/such/ckpt"], "/no/such/ckpt: no checkpoint there"),
+])
+def test_cli_bad_arguments_exit_2_with_one_line(args, message, tmp_path):
+    proc = _run("train_mnist.py", "--workdir", str(tmp_path), *args)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_cli_help():
+    proc = _run("train_mnist.py", "--help")
+    assert proc.returncode == 0
+    for flag in ("--data-dir", "--workdir", "--epochs", "--batch-size", "--learning-rate", "--seed",
+                 "--resume", "--max-train-examples", "--evaluate", "--checkpoint"):
+        assert flag in proc.stdout
+
+
+# ----------------------------------------------------------------------------- shipped checkpoint
+
+
+def _real_data_dir():
+    d = os.environ.get("MNIST_DATA_DIR")
+    if not d or not Path(d, "t10k-images-idx3-ubyte.gz").exists() and not Path(d, "t10k-images-idx3-ubyte").exists():
+        pytest.skip("MNIST_DATA_DIR is not set to a folder with the real MNIST files")
+    return d
+
+
+def test_shipped_checkpoint_scores_at_least_99_6_on_real_test_set():
+    data_dir = _real_data_dir()
+    from mnist_data import load_test_split
+    params, batch_stats, model, meta = ckpt.load_checkpoint()  # pretrained/
+    test = load_test_split(data_dir)
+    assert len(test) == 10_000
+    result = T.evaluate(model, params, batch_stats, test)
+    assert result["accuracy"] >= 0.996
+    shipped = json.loads((ckpt.PRETRAINED_DIR / "metrics.json").read_text())
+    assert abs(shipped["test_accuracy"] - result["accuracy"]) < 1e-9
+
+
+def test_cli_evaluate_prints_test_accuracy_last():
+    data_dir = _real_data_dir()
+    proc = _run("train_mnist.py", "--evaluate", "--checkpoint", "pretrained", "--data-dir", data_dir)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("test_accuracy: ") and float(last.split()[1]) >= 0.996
+
+
+def test_data_parallel_on_two_cpu_devices(trained, tmp_path):
+    """The run sharded over 2 JAX CPU devices (batch split, BatchNorm statistics and gradients
+    averaged across them) trains as well; dropout noise is drawn per device, so the parameters
+    are not bitwise those of one device."""
+    code = f"""
+import sys, jax
+sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+import train_mnist as T, test_model_train as t
+r = T.train_and_evaluate(t._cfg(), {str(tmp_path / 'run')!r}, t._synthetic(), progress=False, log=lambda *_: None)
+print(len(r["devices"]), r["test_accuracy"])
+"""
+    proc = _run("-c", code, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    devices, accuracy = proc.stdout.split()[-2:]
+    assert devices == "2" and float(accuracy) == 1.0
