@@ -1,0 +1,272 @@
+"""Full demo: explain a trained checkpoint on the MNIST test set and write a report.
+
+    python demo_mnist_xai.py --data-dir ../shared/data/mnist        # all 10,000 test digits
+    python demo_mnist_xai.py                                          # the 200 shipped digits
+    python demo_mnist_xai.py --checkpoint checkpoints --out outputs/demo --num-images 2000
+
+Checkpoint: --checkpoint, else the latest training run in checkpoints/, else the shipped
+pretrained/. Data: --data-dir (or MNIST_DATA_DIR), --tfds for tensorflow-datasets, else the
+shipped sample of real test digits. Writes into --out (default outputs/demo):
+
+    gallery.png             digit | GradCAM | saliency | Integrated Gradients | SmoothGrad
+    class_average_maps.png  per class: mean digit, mean GradCAM, mean saliency
+    confusion_matrix.png    the test-set confusion matrix
+    contrastive.png         most-confused pairs: GradCAM for the true vs the predicted class
+    misclassified.png       misclassified digits with label, prediction and confidence
+    report.md               every figure with the key numbers
+
+MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_OUT = Path("outputs") / "demo"
+FIGURES = ("gallery.png", "class_average_maps.png", "confusion_matrix.png", "contrastive.png",
+           "misclassified.png")
+
+
+def default_checkpoint() -> str | None:
+    """The latest training run in checkpoints/ if there is one, else None (the shipped one)."""
+    from mnist_checkpoint import CKPT_SUBDIR
+    root = Path("checkpoints") / CKPT_SUBDIR
+    if root.is_dir() and any(p.name.isdigit() for p in root.iterdir()):
+        return "checkpoints"
+    return None
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _confidences(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(-1, keepdims=True)
+
+
+def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, checkpoint: str | None,
+             data_name: str, progress: bool = True, chunk: int = 500) -> dict:
+    """Explain ``images_u8`` (N, 28, 28, 1) with the checkpoint's model; write figures + report."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tqdm import tqdm
+
+    import mnist_xai_visualizations as X
+    from mnist_checkpoint import load_checkpoint
+
+    params, batch_stats, model, meta = load_checkpoint(checkpoint)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = images_u8.astype(np.float32) / 255.0
+    n = len(images)
+
+    # One pass over the test set: predictions, GradCAM and saliency for every image.
+    gradcam, saliency = X.GradCAM(model, chunk_size=chunk), X.Saliency(model, chunk_size=chunk)
+    cams, sals, logits = [], [], []
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, n, chunk), desc="explaining test set", unit="batch", disable=not progress,
+                      file=sys.stdout):
+        x = images[start:start + chunk]
+        m, _, _ = gradcam.explain(params, batch_stats, x)
+        cams.append(np.asarray(X.normalize_maps(m)))
+        sals.append(np.asarray(X.normalize_maps(saliency.attribute(params, batch_stats, x))))
+        logits.append(np.asarray(model.apply({"params": params, "batch_stats": batch_stats}, x)))
+    cams, sals, logits = np.concatenate(cams), np.concatenate(sals), np.concatenate(logits)
+    pass_seconds = time.perf_counter() - t0
+    preds = logits.argmax(-1)
+    conf = _confidences(logits).max(-1)
+    correct = preds == labels
+    accuracy = float(correct.mean())
+
+    # 1. Gallery: one correctly classified digit per class, four methods.
+    ig, sg = X.IntegratedGradients(model), X.SmoothGrad(model)
+    pick = [int(np.flatnonzero((labels == c) & correct)[0]) for c in range(10)
+            if np.any((labels == c) & correct)]
+    xg = images[pick]
+    method_maps = {
+        "GradCAM": cams[pick],
+        "saliency": sals[pick],
+        "Integrated Gradients": np.asarray(X.normalize_maps(np.abs(ig.attribute(params, batch_stats, xg)))),
+        "SmoothGrad": np.asarray(X.normalize_maps(sg.attribute(params, batch_stats, xg))),
+    }
+    rows = [{k: v[i] for k, v in method_maps.items()} for i in range(len(pick))]
+    fig = X.explanation_grid(xg, rows, ["digit", *method_maps],
+                             titles=[f"{labels[i]}: {100 * conf[i]:.1f}%" for i in pick])
+    fig.suptitle("Correctly classified digits (|IG| shown)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    _save(fig, out / "gallery.png")
+
+    # 2. Class-average maps: where does the model look, on average, for each digit?
+    fig, axes = plt.subplots(3, 10, figsize=(15, 5.2))
+    for c in range(10):
+        sel = labels == c
+        for r, (arr, cmap) in enumerate(((images[..., 0], "gray"), (cams, "jet"), (sals, "hot"))):
+            ax = axes[r, c]
+            if sel.any():
+                ax.imshow(arr[sel].mean(0), cmap=cmap, vmin=0, vmax=None if r else 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, c].set_title(f"{c} (n={int(sel.sum())})", fontsize=9)
+    for ax, name in zip(axes[:, 0], ("mean digit", "mean GradCAM", "mean saliency")):
+        ax.set_ylabel(name)
+    fig.suptitle(f"Class-average maps over {n} test digits", fontsize=11)
+    fig.tight_layout()
+    _save(fig, out / "class_average_maps.png")
+
+    # 3. Confusion matrix and the most-confused pairs, as measured.
+    cm = np.zeros((10, 10), np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.dstack(np.unravel_index(np.argsort(-off, axis=None), off.shape))[0]
+    pairs = [(int(t), int(p), int(off[t, p])) for t, p in order if off[t, p] > 0][:5]
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    im = ax.imshow(np.log1p(cm), cmap="Blues")
+    for t in range(10):
+        for p in range(10):
+            if cm[t, p]:
+                ax.text(p, t, str(cm[t, p]), ha="center", va="center", fontsize=7,
+                        color="white" if t == p else "black")
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+           title=f"Confusion matrix, {n} digits, accuracy {100 * accuracy:.2f}%")
+    fig.colorbar(im, ax=ax, label="log(1 + count)")
+    fig.tight_layout()
+    _save(fig, out / "confusion_matrix.png")
+
+    # Contrastive maps: GradCAM for the true class beside GradCAM for the predicted class.
+    contrast_idx = [int(i) for t, p, _ in pairs[:3]
+                    for i in np.flatnonzero((labels == t) & (preds == p))[:3]]
+    if contrast_idx:
+        xc = images[contrast_idx]
+        true_maps = X.normalize_maps(gradcam.attribute(params, batch_stats, xc, labels[contrast_idx]))
+        pred_maps = X.normalize_maps(gradcam.attribute(params, batch_stats, xc, preds[contrast_idx]))
+        rows = [{"GradCAM true": true_maps[i], "GradCAM predicted": pred_maps[i]} for i in range(len(xc))]
+        fig = X.explanation_grid(xc, rows, ["digit", "GradCAM true", "GradCAM predicted"],
+                                 titles=[f"true {labels[i]} → {preds[i]} ({100 * conf[i]:.0f}%)"
+                                         for i in contrast_idx], figsize_per_cell=1.9)
+    else:
+        fig, ax = plt.subplots(figsize=(4, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no misclassified digits", ha="center", va="center")
+    _save(fig, out / "contrastive.png")
+
+    # 4. Misclassified digits, most confident mistakes first.
+    wrong = np.flatnonzero(~correct)
+    wrong = wrong[np.argsort(-conf[wrong])][:40]
+    cols = 10
+    nrows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(nrows, cols, figsize=(1.5 * cols, 1.75 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{labels[i]}→{preds[i]} {100 * conf[i]:.0f}%", fontsize=8)
+    if not len(wrong):
+        axes[0, 0].text(0, 0.5, "no misclassified digits")
+    fig.suptitle(f"Misclassified: {int((~correct).sum())} of {n} (true→predicted, confidence)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out / "misclassified.png")
+
+    summary = {"data": data_name, "num_images": n, "accuracy": accuracy,
+               "errors": int((~correct).sum()),
+               "top_confusions": [{"true": t, "predicted": p, "count": c} for t, p, c in pairs],
+               "explain_pass_seconds": pass_seconds,
+               "checkpoint": str(checkpoint or "pretrained"), "checkpoint_epoch": meta.get("epoch")}
+    write_report(out, summary)
+    return summary
+
+
+def write_report(out: Path, s: dict) -> None:
+    conf = ", ".join(f"{c['true']}→{c['predicted']} ({c['count']})" for c in s["top_confusions"]) or "none"
+    text = f"""# MNIST CNN explanations
+
+- Checkpoint: `{s['checkpoint']}` (epoch {s['checkpoint_epoch']})
+- Data: {s['data']}, {s['num_images']} digits
+- Accuracy: **{100 * s['accuracy']:.2f}%** ({s['errors']} errors)
+- Most-confused pairs (true→predicted, count): {conf}
+- GradCAM + saliency pass over all digits: {s['explain_pass_seconds']:.1f} s
+
+## Gallery: correctly classified digits
+![gallery](gallery.png)
+
+## Class-average maps
+Mean digit, mean GradCAM and mean saliency per class (maps scaled to [0, 1] per image first).
+![class averages](class_average_maps.png)
+
+## Confusion matrix
+![confusion matrix](confusion_matrix.png)
+
+## Contrastive maps for the most-confused pairs
+GradCAM for the true class beside GradCAM for the predicted class.
+![contrastive](contrastive.png)
+
+## Misclassified digits
+![misclassified](misclassified.png)
+
+MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
+"""
+    tmp = out / "report.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / "report.md")
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(s, indent=2))
+    os.replace(tmp, out / "summary.json")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/ if trained, else pretrained/)")
+    parser.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $MNIST_DATA_DIR)")
+    parser.add_argument("--tfds", action="store_true", help="read the test set from tensorflow-datasets")
+    parser.add_argument("--num-images", type=int, help="use only the first N test digits")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.num_images is not None and args.num_images < 1:
+        parser.error(f"--num-images: expected a positive integer, got {args.num_images}")
+    if args.tfds and args.data_dir:
+        parser.error("--tfds and --data-dir are alternatives; give one")
+
+    from mnist_checkpoint import CheckpointError
+    from mnist_data import MNISTDataError, load_sample_digits, load_test_split, resolve_data_dir
+
+    try:
+        if args.tfds or resolve_data_dir(args.data_dir):
+            split = load_test_split(None if args.tfds else args.data_dir)
+            name = "tensorflow-datasets mnist test split" if args.tfds else f"MNIST test set ({resolve_data_dir(args.data_dir)})"
+        else:
+            split = load_sample_digits()
+            name = "the 200 shipped MNIST test digits (sample_data/)"
+        if args.num_images:
+            if args.num_images > len(split):
+                raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} digits available")
+            split = split.take(args.num_images)
+        summary = run_demo(split.images, split.labels, args.out, args.checkpoint or default_checkpoint(), name,
+                           progress=not args.no_progress)
+    except (CheckpointError, MNISTDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write into {args.out}: {e.strerror}", file=sys.stderr)
+        return 2
+    print(f"accuracy {100 * summary['accuracy']:.2f}% on {summary['num_images']} digits; "
+          f"top confusions: {summary['top_confusions'][:3]}")
+    print(f"wrote {', '.join(FIGURES)} and report.md into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
