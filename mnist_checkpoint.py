@@ -139,3 +139,40 @@ def _flatten(tree, prefix=""):
             yield from _flatten(v, f"{prefix}{k}/")
         else:
             yield f"{prefix}{k}", v
+
+
+def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test_accuracy: float) -> Path:
+    """Write a weights-only copy (params + batch_stats, no optimizer state) of the checkpoint
+    at ``source`` into ``dst``, with its metadata, ``metrics.json`` and training curves.
+
+    The copy is built beside ``dst`` and swapped in at the end, so an existing ``dst`` is
+    never left half-written.
+    """
+    import shutil
+
+    step_dir = resolve_checkpoint_dir(source)
+    params, batch_stats, _, meta = load_checkpoint(step_dir)
+    meta = {**meta, "test_accuracy": float(test_accuracy), "exported_from": str(step_dir)}
+    dst = Path(dst).absolute()
+    tmp = dst.with_name(dst.name + ".export-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    manager = ocp.CheckpointManager(tmp / CKPT_SUBDIR, options=ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=False))
+    manager.save(int(step_dir.name) if step_dir.name.isdigit() else 0,
+                 args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params, "batch_stats": batch_stats}),
+                                         meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+    manager.close()
+    workdir = step_dir.parent.parent
+    metrics = {"test_accuracy": float(test_accuracy), "history": meta.get("history", []),
+               **{k: meta[k] for k in ("model", "train_config", "data_source", "num_params") if k in meta}}
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if (workdir / "training_curves.png").exists():
+        shutil.copy(workdir / "training_curves.png", tmp / "training_curves.png")
+    old = dst.with_name(dst.name + ".export-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst

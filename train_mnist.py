@@ -42,7 +42,7 @@ from mnist_data import MNIST, MNISTDataError, Split, load_mnist, load_test_split
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 128
     learning_rate: float = 3e-3  # peak of the one-cycle schedule
     weight_decay: float = 1e-4
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --checkpoint on the test set")
     p.add_argument("--checkpoint", help="checkpoint (workdir or step folder) for --evaluate")
+    p.add_argument("--export", metavar="DIR",
+                   help="with --evaluate: also write a weights-only copy with its test accuracy to DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -395,8 +397,12 @@ def main(argv=None) -> int:
                 parser.error("--evaluate needs --checkpoint PATH")
             params, batch_stats, model, meta = ckpt.load_checkpoint(args.checkpoint)
             test = evaluate(model, params, batch_stats, load_test_split(args.data_dir))
+            if args.export:
+                print(f"wrote {ckpt.export_for_inference(args.checkpoint, args.export, test['accuracy'])}")
             print(f"test_accuracy: {test['accuracy']:.4f}")
             return 0
+        if args.export:
+            parser.error("--export is only used with --evaluate")
         if args.checkpoint:
             parser.error("--checkpoint is only used with --evaluate")
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,

@@ -1,0 +1,87 @@
+"""Both demos end to end on the shipped digits and checkpoint, and the notebook."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=ROOT):
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DATA_DIR"}  # the shipped digits
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def _png(path: Path) -> np.ndarray:
+    import matplotlib.image as mpimg
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return mpimg.imread(path)
+
+
+def test_quick_demo_writes_the_figure(tmp_path):
+    out = tmp_path / "quick.png"
+    proc = _run(str(ROOT / "simple_mnist_xai_demo.py"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    img = _png(out)
+    assert img.shape[:2] == (468, 1350)  # 15 x 5.2 inches at 90 dpi
+    assert img[..., :3].var() > 0.01
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("digit ")]
+    assert [int(re.match(r"digit (\d)", l).group(1)) for l in lines] == list(range(10))
+    assert sum("<- wrong" in l for l in lines) == 0  # the shipped model gets these ten right
+
+
+def test_quick_demo_missing_checkpoint_exit_2_one_line(tmp_path):
+    proc = _run(str(ROOT / "simple_mnist_xai_demo.py"), "--checkpoint", str(tmp_path / "nope"),
+                "--out", str(tmp_path / "x.png"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "nope") in lines[0] and "python train_mnist.py" in lines[0]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_quick_demo_unreadable_checkpoint_exit_2(tmp_path):
+    bad = tmp_path / "ckpt" / "5"
+    (bad / "meta").mkdir(parents=True)
+    (bad / "state").mkdir()
+    (bad / "meta" / "metadata").write_text("{not json")
+    proc = _run(str(ROOT / "simple_mnist_xai_demo.py"), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.png"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "cannot read checkpoint" in proc.stderr
+
+
+def test_full_demo_on_shipped_digits(tmp_path):
+    out = tmp_path / "demo"
+    proc = _run(str(ROOT / "demo_mnist_xai.py"), "--out", str(out), "--no-progress", "--checkpoint",
+                str(ROOT / "pretrained"))
+    assert proc.returncode == 0, proc.stderr
+    import demo_mnist_xai
+    report = (out / "report.md").read_text()
+    for name in demo_mnist_xai.FIGURES:
+        img = _png(out / name)
+        assert img.shape[0] > 100 and img.shape[1] > 100
+        assert img[..., :3].var() > 1e-3, f"{name} looks blank"
+        assert f"({name})" in report, f"report does not link {name}"
+    assert "Accuracy: **" in report and "200 digits" in report
+
+
+def test_full_demo_bad_arguments(tmp_path):
+    proc = _run(str(ROOT / "demo_mnist_xai.py"), "--num-images", "5000", "--out", str(tmp_path / "d"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "5000 is more than the 200 digits available" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "d").exists()
+
+
+def test_notebook_runs_offline():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "mnist_xai_quickstart.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.execute()  # raises CellExecutionError if any cell fails
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+    assert not any(o.get("output_type") == "error" for o in outputs)
