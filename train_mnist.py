@@ -216,11 +216,13 @@ def _chunk_lengths(start: int, steps_per_epoch: int, per_call: int) -> list[int]
 
 def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST,
                        resume: bool = False, progress: bool = True, log=print,
-                       stop_after_steps: int | None = None) -> dict:
+                       stop_after_steps: int | None = None, epoch_callback=None) -> dict:
     """Train, checkpoint every epoch, evaluate on the test set; returns the metrics dict.
 
     ``stop_after_steps`` interrupts the run after that many steps (saving a checkpoint),
     as Ctrl-C would; tests use it to check that resuming gives the same result.
+    ``epoch_callback(epoch, state)`` may return a dict of extra figures for the epoch's
+    history entry (the training benchmark adds test accuracy this way).
     """
     from tqdm import tqdm
 
@@ -312,6 +314,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
                             "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                             "epoch_seconds": seconds, "elapsed_seconds": time.perf_counter() - t_start,
                             "images_per_second": counted * cfg.batch_size / seconds})
+            if epoch_callback is not None:
+                history[-1].update(epoch_callback(epoch + 1, state) or {})
             log(f"epoch {epoch + 1}: train_loss {history[-1]['train_loss']:.4f} "
                 f"val_accuracy {val['accuracy']:.4f} ({seconds:.1f} s)")
             ckpt.save(manager, step, jax.device_get(state),
