@@ -1,0 +1,443 @@
+"""Throughput of our explanation methods (maps/s) beside Captum's on the same CNN in PyTorch.
+
+    pip install -r requirements-bench.txt   # torch 2.13.0 (CPU build) + captum
+    python benchmarks/bench_xai.py --num-images 1000 --json outputs/bench_xai.json
+
+Prints a markdown table: one row per method of ``mnist_xai_visualizations.METHODS``, with
+our maps/s, Captum's maps/s on the same weights, the ratio ours/Captum, the parameters
+each side ran with, and how closely the two sides' maps agree on the images both explained.
+
+What is compared
+----------------
+* Ours: ``METHODS[name](model).attribute(params, batch_stats, images)`` with the module's
+  defaults (Integrated Gradients 50 Gauss-Legendre steps, SmoothGrad 25 samples with noise
+  0.15, Occlusion 4x4 patch stride 2, ...), explaining each image's predicted class.
+* Captum: the same architecture written in ``torch.nn`` (eval mode) with the Flax weights
+  copied in (conv HWIO -> OIHW, dense (in, out) -> (out, in), BatchNorm scale/bias/mean/var,
+  the (x - 0.1307) / 0.3081 standardisation inside ``forward``). The script checks that
+  the torch logits match ours (max abs diff < 1e-3) before timing anything, so the two
+  sides compute the same function and their maps are comparable. Captum explains the
+  class its own forward pass predicts (that forward pass is inside the timed region, as
+  ours is). Counterparts:
+
+    gradcam               LayerGradCam on the last conv block's ReLU output, relu_attributions,
+                          then LayerAttribution.interpolate(.., (28, 28), "bilinear")
+    gradcam++, scorecam   no Captum counterpart ("—")
+    saliency              Saliency(abs=True)
+    gradient_x_input      InputXGradient
+    integrated_gradients  IntegratedGradients(n_steps=50, gausslegendre, zero baseline,
+                          internal_batch_size=1000)
+    smoothgrad            NoiseTunnel(Saliency), nt_type="smoothgrad", nt_samples=25,
+                          stdevs=0.15, nt_samples_batch_size=10
+    occlusion             Occlusion(sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2),
+                          baselines=0, perturbations_per_eval=--occlusion-per-eval)
+
+  Captum runs in batches of ``--batch-size`` (default 100). The internal batch sizes above
+  put about 1,000 images through each forward pass, as our chunking does.
+  pytorch-grad-cam (the usual GradCAM++/ScoreCAM reference) is not benchmarked: it needs
+  torchvision, and on the machine this was written on only a 5.5 GB CUDA torch 2.14.1 +
+  torchvision pair would install beside it, so those two rows have no counterpart.
+
+Timing
+------
+Each side gets one untimed warm-up call first, then the whole batch is timed with
+``time.perf_counter()``. Ours returns numpy arrays, so the JAX work has finished when the
+call returns. Our warm-up uses ``min(N, chunk_size)`` images: ``explain`` runs batches of at
+most ``chunk_size`` images as one compiled call of exactly that shape and pads larger
+batches to whole chunks, so this warm-up compiles the very shape(s) the timed run uses
+(for N <= chunk_size that is the same N images) and compilation is excluded. Captum's
+warm-up is one call on a small batch (up to 16 images); PyTorch has nothing to compile.
+The slow Captum methods (integrated_gradients, smoothgrad, occlusion; ~10-40 maps/s on a
+2-core CPU) are timed on the first ``--captum-max-images`` images only (default 200); the
+table says how many images each side timed.
+
+Agreement columns: on the images both sides explained, Pearson r between the two maps
+(mean over images) and max |ours - Captum| / max |ours|. SmoothGrad's noise draws differ
+between the two (ours shares one set of noise images across the batch), so only its r is
+meaningful. GradCAM and Occlusion agree to float precision. The input-gradient methods
+(saliency, gradient_x_input, integrated_gradients, smoothgrad) do NOT with the default
+``nn.MaxPool2d``: MNIST's flat background gives 2x2 pooling windows whose maximum is tied
+(about a quarter of the first pool's windows), and JAX's max (our ``max_pool_2x2``) splits
+the gradient evenly between tied elements while ``nn.MaxPool2d`` sends all of it to one
+element. Both are valid subgradients; saliency maps then differ in the background
+(r ~0.86). ``--tie-splitting-pool`` replaces ``nn.MaxPool2d`` by a reshape + ``amax``
+(which splits ties like JAX) and the maps then agree to float precision; the default keeps
+``nn.MaxPool2d`` because that is what a PyTorch user would time.
+
+Weights: ``--checkpoint`` (a training workdir or step folder), else the shipped
+``pretrained/`` checkpoint, else (said in the output) a freshly initialised network, which
+times the same but explains nothing meaningful.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import mnist_xai_visualizations as xai  # noqa: E402
+from mnist_checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from mnist_cnn_model import MNIST_MEAN, MNIST_STD, initialize_model  # noqa: E402
+from mnist_data import load_sample_digits, load_test_split, resolve_data_dir  # noqa: E402
+
+SLOW_CAPTUM = ("integrated_gradients", "smoothgrad", "occlusion")
+NO_COUNTERPART = ("gradcam++", "scorecam")
+LOGIT_TOLERANCE = 1e-3
+CAPTUM_WARMUP_IMAGES = 16
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-images", type=int, default=1000, help="images to explain per method (default 1000)")
+    p.add_argument("--data-dir", default=None,
+                   help="MNIST IDX folder (default $MNIST_DATA_DIR; else the 200 shipped sample digits, repeated)")
+    p.add_argument("--methods", default=",".join(xai.METHODS),
+                   help=f"comma-separated subset of: {','.join(xai.METHODS)} (default all)")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint workdir or step folder (default the shipped pretrained/)")
+    p.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                   help="torch.set_num_threads (default os.cpu_count())")
+    p.add_argument("--batch-size", type=int, default=100, help="Captum batch size (default 100)")
+    p.add_argument("--captum-max-images", type=int, default=200,
+                   help=f"time the slow Captum methods ({', '.join(SLOW_CAPTUM)}) on at most this many images (default 200)")
+    p.add_argument("--occlusion-per-eval", type=int, default=10,
+                   help="Captum Occlusion perturbations_per_eval (default 10: ~1000 images per forward at batch 100)")
+    p.add_argument("--tie-splitting-pool", action="store_true",
+                   help="torch model pools with reshape+amax (splits gradient ties like JAX) instead of nn.MaxPool2d")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON here")
+    p.add_argument("--skip-captum", action="store_true", help="time only our methods")
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in xai.METHODS]
+    if unknown or not args.methods:
+        p.error(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(xai.METHODS)}")
+    for name in ("num_images", "batch_size", "captum_max_images", "torch_threads", "occlusion_per_eval"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    return args
+
+
+def load_images(data_dir, n):
+    """(N, 28, 28, 1) float32 in [0, 1] and a description of where they came from."""
+    folder = resolve_data_dir(data_dir)
+    if folder is not None:
+        split, source = load_test_split(folder), f"MNIST test split from {folder}"
+    else:
+        split, source = load_sample_digits(), "the 200 shipped sample digits (sample_data/)"
+    images = split.images
+    if len(images) < n:
+        images = np.concatenate([images] * (-(-n // len(images))))
+        source += f", repeated to {n}"
+    return images[:n].astype(np.float32) / 255.0, source
+
+
+def load_weights(path):
+    try:
+        params, batch_stats, model, meta = load_checkpoint(path)
+        where = path or "pretrained/"
+        acc = meta.get("test_accuracy")
+        return params, batch_stats, model, f"checkpoint {where}" + (f" (test accuracy {acc:.4f})" if acc else "")
+    except CheckpointError as e:
+        if path is not None:
+            raise SystemExit(f"error: {e}")
+        params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+        return params, batch_stats, model, ("UNTRAINED weights (initialize_model(PRNGKey(0))): no shipped "
+                                            "pretrained/ checkpoint; timings are valid, maps are not meaningful")
+
+
+def processor_name():
+    name = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                return f"{model_name} ({name})" if name and name not in model_name else model_name
+    except OSError:
+        pass
+    return name or platform.machine()
+
+
+# ----------------------------------------------------------------------------- the torch side
+
+
+def build_torch_model(params, batch_stats, widths=(32, 64, 128), dense=256, classes=10,
+                      tie_splitting_pool=False):
+    """The MNIST CNN in torch.nn, eval mode, with the Flax weights copied in.
+
+    ``tie_splitting_pool``: 2x2 max pooling as reshape + amax, whose gradient is split evenly
+    between tied maxima as JAX's is, instead of ``nn.MaxPool2d`` (all to one element).
+    """
+    import torch
+    from torch import nn
+
+    class TieSplittingMaxPool2x2(nn.Module):
+        def forward(self, x):
+            n, c, h, w = x.shape
+            return x.reshape(n, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
+
+    class TorchMNISTCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers, cin = [], 1
+            for b, w in enumerate(widths):
+                for _ in range(2):
+                    layers += [nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w, eps=1e-5), nn.ReLU()]
+                    cin = w
+                if b < len(widths) - 1:
+                    layers.append(TieSplittingMaxPool2x2() if tie_splitting_pool else nn.MaxPool2d(2))
+            self.features = nn.Sequential(*layers)  # features[-1]: last conv block's ReLU
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.dense1, self.relu, self.dropout = nn.Linear(widths[-1], dense), nn.ReLU(), nn.Dropout(0.5)
+            self.dense2 = nn.Linear(dense, classes)
+
+        def forward(self, x):  # x: (N, 1, 28, 28) in [0, 1]
+            x = self.features((x - MNIST_MEAN) / MNIST_STD)
+            x = self.pool(x).flatten(1)
+            return self.dense2(self.dropout(self.relu(self.dense1(x))))
+
+    net = TorchMNISTCNN()
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))  # noqa: E731
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in net.features if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for k, (conv, bn) in enumerate(zip(convs, norms), start=1):
+            conv.weight.copy_(t(params[f"conv{k}"]["kernel"]).permute(3, 2, 0, 1))  # HWIO -> OIHW
+            conv.bias.copy_(t(params[f"conv{k}"]["bias"]))
+            bn.weight.copy_(t(params[f"bn{k}"]["scale"]))
+            bn.bias.copy_(t(params[f"bn{k}"]["bias"]))
+            bn.running_mean.copy_(t(batch_stats[f"bn{k}"]["mean"]))
+            bn.running_var.copy_(t(batch_stats[f"bn{k}"]["var"]))
+        for name in ("dense1", "dense2"):
+            layer = getattr(net, name)
+            layer.weight.copy_(t(params[name]["kernel"]).T)  # (in, out) -> (out, in)
+            layer.bias.copy_(t(params[name]["bias"]))
+    return net.eval()
+
+
+def captum_runner(name, net, args):
+    """A function (x (B,1,28,28) tensor, target (B,) tensor) -> maps (B, 28, 28) numpy, and its parameters."""
+    from captum import attr as ca
+
+    if name == "gradcam":
+        m = ca.LayerGradCam(net, net.features[-1])
+
+        def run(x, t):
+            cam = m.attribute(x, target=t, relu_attributions=True)
+            return ca.LayerAttribution.interpolate(cam, (28, 28), interpolate_mode="bilinear")
+        return run, "LayerGradCam(last ReLU), relu, bilinear interpolate"
+    if name == "saliency":
+        m = ca.Saliency(net)
+        return (lambda x, t: m.attribute(x, target=t, abs=True)), "Saliency(abs=True)"
+    if name == "gradient_x_input":
+        m = ca.InputXGradient(net)
+        return (lambda x, t: m.attribute(x, target=t)), "InputXGradient"
+    if name == "integrated_gradients":
+        m = ca.IntegratedGradients(net)
+        return ((lambda x, t: m.attribute(x, baselines=0.0, target=t, n_steps=50, method="gausslegendre",
+                                          internal_batch_size=1000)),
+                "n_steps=50, gausslegendre, baseline 0, internal_batch_size=1000")
+    if name == "smoothgrad":
+        m = ca.NoiseTunnel(ca.Saliency(net))
+        return ((lambda x, t: m.attribute(x, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=10,
+                                          stdevs=0.15, target=t, abs=True)),
+                "NoiseTunnel(Saliency), nt_samples=25, stdevs=0.15")
+    if name == "occlusion":
+        m = ca.Occlusion(net)
+        return ((lambda x, t: m.attribute(x, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2), baselines=0.0,
+                                          target=t, perturbations_per_eval=args.occlusion_per_eval)),
+                f"window (1,4,4), strides (1,2,2), baseline 0, perturbations_per_eval={args.occlusion_per_eval}")
+    raise KeyError(name)
+
+
+def run_captum(run, net, images, batch_size):
+    """Explain each image's predicted class (torch's own forward pass) in batches; (N, 28, 28) numpy."""
+    import torch
+
+    x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    out = []
+    for start in range(0, len(x_all), batch_size):
+        x = x_all[start:start + batch_size]
+        with torch.no_grad():
+            target = net(x).argmax(1)
+        out.append(run(x, target).detach().reshape(len(x), 28, 28).numpy())
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- timing and table
+
+
+def our_parameters(explainer):
+    if isinstance(explainer, xai.IntegratedGradients):
+        return f"steps={explainer.steps} (Gauss-Legendre), baseline 0"
+    if isinstance(explainer, xai.SmoothGrad):
+        return f"samples={explainer.samples}, noise={explainer.noise_level}"
+    if isinstance(explainer, xai.Occlusion):
+        return f"patch={explainer.patch}, stride={explainer.stride}, baseline {explainer.baseline:g}"
+    if isinstance(explainer, xai.ScoreCAM):
+        return "128 masked forwards per image"
+    if isinstance(explainer, xai.Saliency):
+        return f"abs={explainer.absolute}"
+    return "defaults"
+
+
+def agreement(ours, theirs):
+    """Mean Pearson r over images (constant maps skipped) and max|diff| / max|ours|."""
+    a, b = ours.reshape(len(ours), -1).astype(np.float64), theirs.reshape(len(theirs), -1).astype(np.float64)
+    a0, b0 = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    den = np.sqrt((a0 ** 2).sum(1) * (b0 ** 2).sum(1))
+    ok = den > 0
+    r = float(((a0 * b0).sum(1)[ok] / den[ok]).mean()) if ok.any() else float("nan")
+    scale = np.abs(a).max()
+    rel = float(np.abs(a - b).max() / scale) if scale > 0 else float(np.abs(a - b).max())
+    return r, rel
+
+
+def fmt_rate(x):
+    return "—" if x is None else (f"{x:,.0f}" if x >= 100 else f"{x:.1f}")
+
+
+def markdown_table(rows):
+    head = ["method", "ours maps/s", "Captum maps/s", "ours/Captum", "images (ours / Captum)",
+            "ours: parameters", "Captum: parameters", "r(maps)", "max rel diff"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for r in rows:
+        ratio = "—" if r["captum_maps_per_s"] is None else f"{r['ours_maps_per_s'] / r['captum_maps_per_s']:.1f}x"
+        imgs = f"{r['ours_images']} / {r['captum_images'] if r['captum_images'] else '—'}"
+        lines.append("| " + " | ".join([
+            r["method"], fmt_rate(r["ours_maps_per_s"]), fmt_rate(r["captum_maps_per_s"]), ratio, imgs,
+            r["ours_parameters"], r["captum_parameters"] or "—",
+            "—" if r["pearson_r"] is None else f"{r['pearson_r']:.4f}",
+            "—" if r["max_rel_diff"] is None else f"{r['max_rel_diff']:.1e}"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    images, source = load_images(args.data_dir, args.num_images)
+    params, batch_stats, model, weights = load_weights(args.checkpoint)
+    n = len(images)
+
+    torch = captum = None
+    captum_note = None
+    if args.skip_captum:
+        captum_note = "skipped (--skip-captum)"
+    else:
+        try:
+            import captum
+            import torch
+        except ImportError as e:
+            captum_note = f"not run: {e} (pip install -r requirements-bench.txt)"
+    if torch is not None:
+        torch.set_num_threads(args.torch_threads)
+        torch.manual_seed(0)  # NoiseTunnel's noise: reproducible runs
+        # Captum marks the inputs as requiring gradients itself; its note about that is noise here.
+        warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
+
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "processor": processor_name(),
+        "cpu_count": os.cpu_count(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "torch": getattr(torch, "__version__", None),
+        "captum": getattr(captum, "__version__", None),
+        "torch_threads": args.torch_threads if torch is not None else None,
+        "python": platform.python_version(),
+        "images": source,
+        "weights": weights,
+        "num_images": n,
+        "captum_batch_size": args.batch_size,
+        "captum_max_images": args.captum_max_images,
+        "tie_splitting_pool": args.tie_splitting_pool,
+    }
+    print("# XAI throughput: ours (JAX/Flax) vs Captum (PyTorch), same CNN, CPU\n")
+    for k in ("date", "processor", "cpu_count", "jax_devices", "jax", "torch", "captum", "torch_threads", "python",
+              "images", "weights"):
+        print(f"- {k}: {info[k]}")
+    if captum_note:
+        print(f"- Captum: {captum_note}")
+    print(f"- Captum batch size {args.batch_size}; slow Captum methods ({', '.join(SLOW_CAPTUM)}) "
+          f"timed on at most {args.captum_max_images} images")
+    if torch is not None:
+        print("- torch pooling: " + ("reshape + amax (gradient split between tied maxima, as in JAX)"
+                                     if args.tie_splitting_pool else "nn.MaxPool2d (gradient to one of tied maxima)"))
+    print("- warm-up (untimed): ours min(N, chunk_size) images (compiles the timed shapes); "
+          f"Captum one batch of {CAPTUM_WARMUP_IMAGES}\n", flush=True)
+
+    variables = {"params": params, "batch_stats": batch_stats}
+    jax_logits = np.asarray(jax.jit(model.apply)(variables, images))
+
+    net = None
+    if torch is not None:
+        net = build_torch_model(params, batch_stats, tuple(model.widths), model.dense_features, model.num_classes,
+                                tie_splitting_pool=args.tie_splitting_pool)
+        k = min(n, 8)
+        with torch.no_grad():
+            torch_logits = net(torch.from_numpy(np.ascontiguousarray(images[:k].transpose(0, 3, 1, 2)))).numpy()
+        diff = float(np.abs(torch_logits - jax_logits[:k]).max())
+        ok = diff < LOGIT_TOLERANCE
+        print(f"Weight copy check: max |torch logits - JAX logits| on {k} images = {diff:.2e} "
+              f"({'OK' if ok else 'MISMATCH'}, tolerance {LOGIT_TOLERANCE:g})\n", flush=True)
+        info["logit_check_max_abs_diff"] = diff
+        if not ok:
+            raise SystemExit("error: the torch model does not reproduce our logits; Captum not comparable")
+
+    rows = []
+    for name in args.methods:
+        explainer = xai.METHODS[name](model)
+        warm = min(n, explainer.chunk_size)
+        explainer.attribute(params, batch_stats, images[:warm])
+        t0 = time.perf_counter()
+        ours = explainer.attribute(params, batch_stats, images)  # numpy: JAX work has finished
+        ours_s = time.perf_counter() - t0
+        row = {"method": name, "ours_images": n, "ours_seconds": ours_s, "ours_maps_per_s": n / ours_s,
+               "ours_warmup_images": warm, "ours_parameters": our_parameters(explainer),
+               "captum_images": None, "captum_seconds": None, "captum_maps_per_s": None,
+               "captum_parameters": None, "pearson_r": None, "max_rel_diff": None}
+        if net is not None and name not in NO_COUNTERPART:
+            run, row["captum_parameters"] = captum_runner(name, net, args)
+            m = min(n, args.captum_max_images) if name in SLOW_CAPTUM else n
+            run_captum(run, net, images[:min(m, CAPTUM_WARMUP_IMAGES)], args.batch_size)
+            t0 = time.perf_counter()
+            theirs = run_captum(run, net, images[:m], args.batch_size)
+            cap_s = time.perf_counter() - t0
+            row.update(captum_images=m, captum_seconds=cap_s, captum_maps_per_s=m / cap_s)
+            row["pearson_r"], row["max_rel_diff"] = agreement(ours[:m], theirs)
+        rows.append(row)
+        cap = "" if row["captum_maps_per_s"] is None else f", Captum {fmt_rate(row['captum_maps_per_s'])} maps/s"
+        print(f"  {name}: ours {fmt_rate(row['ours_maps_per_s'])} maps/s{cap}", file=sys.stderr, flush=True)
+
+    print(markdown_table(rows))
+    preds_t = None
+    if net is not None:
+        with torch.no_grad():
+            preds_t = net(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))).argmax(1).numpy()
+        same = int((preds_t == jax_logits.argmax(1)).sum())
+        print(f"\nPredicted classes agree (torch vs JAX) on {same}/{n} images.")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"Peak RSS of this process: {peak_mb:,.0f} MiB")
+    info["peak_rss_mib"] = peak_mb
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"machine": info, "results": rows}, indent=2))
+        print(f"Wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
