@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_OUT = Path("outputs") / "demo"
+AUC_IMAGES = 200  # digits used for the deletion AUC shown beside each method's name
 FIGURES = ("gallery.png", "class_average_maps.png", "confusion_matrix.png", "contrastive.png",
            "misclassified.png")
 
@@ -102,11 +103,27 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
         "Integrated Gradients": np.asarray(X.normalize_maps(np.abs(ig.attribute(params, batch_stats, xg)))),
         "SmoothGrad": np.asarray(X.normalize_maps(sg.attribute(params, batch_stats, xg))),
     }
-    rows = [{k: v[i] for k, v in method_maps.items()} for i in range(len(pick))]
-    fig = X.explanation_grid(xg, rows, ["digit", *method_maps],
+    # Deletion AUC (mnist_xai_metrics; lower = more faithful) of each method on the first
+    # AUC_IMAGES digits, shown beside its name.
+    import jax
+    from mnist_xai_metrics import deletion_insertion
+    sub = slice(0, min(AUC_IMAGES, n))
+    apply_fn = jax.jit(lambda v, x: model.apply(v, x))
+    variables = {"params": params, "batch_stats": batch_stats}
+    explainers = {"GradCAM": gradcam, "saliency": saliency, "Integrated Gradients": ig, "SmoothGrad": sg}
+    deletion_auc = {}
+    for name, explainer in explainers.items():
+        maps = explainer.attribute(params, batch_stats, images[sub], preds[sub])
+        if name == "Integrated Gradients":
+            maps = np.abs(maps)
+        deletion_auc[name] = float(deletion_insertion(apply_fn, variables, images[sub], maps, preds[sub])
+                                   ["deletion_auc"].mean())
+    rows = [{f"{k}\n(deletion AUC {deletion_auc[k]:.3f})": v[i] for k, v in method_maps.items()}
+            for i in range(len(pick))]
+    fig = X.explanation_grid(xg, rows, ["digit", *rows[0]],
                              titles=[f"{labels[i]}: {100 * conf[i]:.1f}%" for i in pick])
     fig.suptitle("Correctly classified digits (|IG| shown)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
     _save(fig, out / "gallery.png")
 
     # 2. Class-average maps: where does the model look, on average, for each digit?
@@ -183,7 +200,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     summary = {"data": data_name, "num_images": n, "accuracy": accuracy,
                "errors": int((~correct).sum()),
                "top_confusions": [{"true": t, "predicted": p, "count": c} for t, p, c in pairs],
-               "explain_pass_seconds": pass_seconds,
+               "explain_pass_seconds": pass_seconds, "deletion_auc": deletion_auc,
+               "deletion_auc_images": sub.stop,
                "checkpoint": str(checkpoint or "pretrained"), "checkpoint_epoch": meta.get("epoch")}
     write_report(out, summary)
     return summary
@@ -200,6 +218,10 @@ def write_report(out: Path, s: dict) -> None:
 - GradCAM + saliency pass over all digits: {s['explain_pass_seconds']:.1f} s
 
 ## Gallery: correctly classified digits
+Deletion AUC (lower is more faithful; mean over the first {s['deletion_auc_images']} digits):
+{", ".join(f"{k} {v:.3f}" for k, v in s['deletion_auc'].items())}.
+Full faithfulness table: `python evaluate_xai.py`.
+
 ![gallery](gallery.png)
 
 ## Class-average maps

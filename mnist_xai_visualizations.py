@@ -162,7 +162,7 @@ def explanation_grid(images, rows: Sequence[dict], columns: Sequence[str], title
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(col, fontsize=9)
+                ax.set_title(col, fontsize=8)
         if titles is not None:
             axes[i, 0].set_ylabel(titles[i], fontsize=8)
     fig.tight_layout()

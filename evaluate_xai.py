@@ -1,0 +1,202 @@
+"""Measure how faithful each explanation method is, on N test digits.
+
+    python evaluate_xai.py --data-dir ../shared/data/mnist                 # 1,000 digits, all methods
+    python evaluate_xai.py --methods gradcam,saliency --num-images 200
+
+For each method: deletion and insertion AUC (with bootstrap 95% intervals) against a random
+and a Sobel-edge baseline, the cascading parameter-randomisation test (on a subset of
+``--randomization-images``), the share of positive attribution on ink, and the Integrated
+Gradients completeness error. Writes results.json, results.md and curves.png into --out;
+prints the table. See mnist_xai_metrics.py for the definitions and papers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_OUT = Path("outputs") / "xai_eval"
+PASS_CORRELATION = 0.5  # randomisation test: mean Spearman below this after the full cascade
+
+
+def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0, steps=16,
+                     randomization_images=100, progress=print) -> dict:
+    import jax
+
+    import mnist_xai_metrics as M
+    import mnist_xai_visualizations as X
+
+    variables = {"params": params, "batch_stats": batch_stats}
+    apply_fn = jax.jit(lambda v, x: model.apply(v, x))
+    logits = np.concatenate([np.asarray(apply_fn(variables, images[i:i + 1000]))
+                             for i in range(0, len(images), 1000)])
+    targets = logits.argmax(-1).astype(np.int32)  # explain the predicted class
+    key = jax.random.PRNGKey(seed)
+    fresh = model.init(jax.random.PRNGKey(seed + 1), images[:1])["params"]
+    sub = slice(0, min(randomization_images, len(images)))
+
+    maps_by_name = {"random (baseline)": M.random_attribution(key, len(images)),
+                    "sobel edges (baseline)": M.sobel_attribution(images)}
+    timings = {}
+    for name in methods:
+        explainer = X.make_explainer(name, model)
+        t0 = time.perf_counter()
+        maps_by_name[name] = explainer.attribute(params, batch_stats, images, targets, key=key)
+        timings[name] = time.perf_counter() - t0
+        progress(f"  {name}: maps in {timings[name]:.1f} s")
+
+    results = {}
+    for name, maps in maps_by_name.items():
+        t0 = time.perf_counter()
+        curves = M.deletion_insertion(apply_fn, variables, images, maps, targets, steps=steps)
+        on_ink, ink = M.ink_share(images, maps)
+        row = {
+            "deletion_auc": M.bootstrap_ci(curves["deletion_auc"], seed),
+            "insertion_auc": M.bootstrap_ci(curves["insertion_auc"], seed),
+            "deletion_curve": curves["deletion_curve"].mean(0).tolist(),
+            "insertion_curve": curves["insertion_curve"].mean(0).tolist(),
+            "ink_share": float(np.nanmean(on_ink)), "ink_share_random": float(ink.mean()),
+            "maps_seconds": timings.get(name),
+        }
+        if name in methods:
+            explainer = X.make_explainer(name, model)
+            cascade = M.randomization_test(explainer, params, batch_stats, fresh, images[sub], targets[sub], key=key)
+            row["randomization"] = cascade
+            row["randomization_passes"] = bool(cascade[-1][1] < PASS_CORRELATION)
+        if name == "integrated_gradients":
+            err = M.completeness_error(X.make_explainer(name, model), params, batch_stats, images, targets)
+            row["completeness_error_mean"] = float(err.mean())
+            row["completeness_error_max"] = float(err.max())
+        results[name] = row
+        progress(f"  {name}: metrics in {time.perf_counter() - t0:.1f} s")
+    return {"results": results, "num_images": len(images), "steps": steps,
+            "randomization_images": sub.stop, "pass_correlation": PASS_CORRELATION,
+            "model_accuracy": float((targets == labels).mean())}
+
+
+def format_table(report: dict) -> str:
+    res = report["results"]
+    rnd = res["random (baseline)"]
+    lines = ["| method | deletion AUC ↓ (95% CI) | insertion AUC ↑ (95% CI) | beats random (del/ins) "
+             "| ink share (random) | randomisation ρ after full cascade | passes | IG completeness error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        d, i = r["deletion_auc"], r["insertion_auc"]
+        beats = "—" if "baseline" in name else \
+            f"{'yes' if d[2] < rnd['deletion_auc'][1] else 'no'}/{'yes' if i[1] > rnd['insertion_auc'][2] else 'no'}"
+        ink = f"{r['ink_share']:.2f} ({r['ink_share_random']:.2f})"
+        casc = f"{r['randomization'][-1][1]:.2f}" if "randomization" in r else "—"
+        passes = ("yes" if r["randomization_passes"] else "no") if "randomization" in r else "—"
+        comp = f"{100 * r['completeness_error_mean']:.2f}% mean" if "completeness_error_mean" in r else "—"
+        lines.append(f"| {name} | {d[0]:.3f} ({d[1]:.3f}–{d[2]:.3f}) | {i[0]:.3f} ({i[1]:.3f}–{i[2]:.3f}) "
+                     f"| {beats} | {ink} | {casc} | {passes} | {comp} |")
+    return "\n".join(lines)
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in report["results"].items():
+        style = "--" if "baseline" in name else "-"
+        for ax, kind in zip(axes, ("deletion", "insertion")):
+            curve = r[f"{kind}_curve"]
+            x = np.linspace(0, 1, len(curve))
+            ax.plot(x, curve, style, label=f"{name} ({r[f'{kind}_auc'][0]:.3f})")
+    for ax, kind in zip(axes, ("Deletion (lower is better)", "Insertion (higher is better)")):
+        ax.set(title=kind, xlabel="fraction of pixels removed / inserted", ylabel="target class probability")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{report['num_images']} MNIST test digits; AUC in brackets", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_outputs(report: dict, out: Path, command: str) -> None:
+    """Write everything into a fresh folder beside ``out``, then swap it in."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "results.json").write_text(json.dumps(report, indent=2))
+    (tmp / "results.md").write_text(
+        f"# Faithfulness of the explanations\n\n{report['date']}, `{command}`, {report['machine']}\n\n"
+        f"{report['num_images']} test digits (model accuracy {100 * report['model_accuracy']:.2f}%), "
+        f"{report['steps']} deletion/insertion steps, randomisation test on {report['randomization_images']} digits "
+        f"(pass: mean Spearman ρ < {report['pass_correlation']} after re-initialising every layer).\n\n"
+        f"{format_table(report)}\n\n![curves](curves.png)\n")
+    plot_curves(report, tmp / "curves.png")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    import mnist_xai_visualizations as X
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-images", type=int, default=1000, help="default: %(default)s")
+    parser.add_argument("--methods", default=",".join(X.METHODS), help="comma-separated (default: all)")
+    parser.add_argument("--checkpoint", help="default: the shipped pretrained/")
+    parser.add_argument("--data-dir", help="MNIST IDX folder (default: $MNIST_DATA_DIR, else the shipped digits)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default: %(default)s)")
+    parser.add_argument("--randomization-images", type=int, default=100, help="default: %(default)s")
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in X.METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods: expected names from {', '.join(X.METHODS)}, got {', '.join(unknown) or 'none'}")
+    for flag, value in (("--num-images", args.num_images), ("--steps", args.steps),
+                        ("--randomization-images", args.randomization_images)):
+        if value < 1:
+            parser.error(f"{flag}: expected a positive integer, got {value}")
+
+    import datetime
+    import platform
+
+    import jax
+
+    from mnist_checkpoint import CheckpointError, load_checkpoint
+    from mnist_data import MNISTDataError, load_sample_digits, load_test_split, resolve_data_dir
+
+    try:
+        params, batch_stats, model, _ = load_checkpoint(args.checkpoint)
+        split = load_test_split(args.data_dir) if resolve_data_dir(args.data_dir) else load_sample_digits()
+        if args.num_images > len(split):
+            raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} test digits available")
+    except (CheckpointError, MNISTDataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    split = split.take(args.num_images)
+    images = split.images.astype(np.float32) / 255.0
+    t0 = time.perf_counter()
+    report = evaluate_methods(params, batch_stats, model, images, split.labels, methods, args.seed, args.steps,
+                              args.randomization_images)
+    report.update({"seconds": time.perf_counter() - t0, "date": datetime.date.today().isoformat(),
+                   "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}"})
+    print(format_table(report))
+    command = "python evaluate_xai.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        write_outputs(report, Path(args.out), command.strip())
+    except OSError as e:
+        print(f"error: cannot write into {args.out}: {e.strerror}", file=sys.stderr)
+        return 2
+    print(f"wrote results.json, results.md and curves.png into {args.out} ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Are the explanations faithful? Batched, compiled metrics for the explanation methods.
+
+- ``deletion_insertion``: Petsiuk et al., "RISE", BMVC 2018 (arXiv:1806.07421), sec. 4.1.
+  Pixels are removed (set to black, 0) or inserted (into a black image) in attribution
+  order, in ``steps`` equal steps; the target class's softmax probability is recorded after
+  each step and the area under the curve (x from 0 to 1) summarises it. Good attributions
+  give a low deletion AUC and a high insertion AUC. All perturbed images of a chunk go
+  through the network as one batch.
+- ``randomization_test``: Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018
+  (arXiv:1810.03292), sec. 3: cascading re-initialisation from the top layer down; Spearman
+  rank correlation between the maps of the trained and the randomised model.
+- ``ink_share``: the share of positive attribution that falls on ink pixels (pixel > 0.5),
+  against the ink's share of the image (what a uniformly random map would score).
+- Baselines: ``random_attribution`` and ``sobel_attribution`` (an edge detector that
+  knows nothing of the model). A method that cannot beat them is not explaining the model.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+INK_THRESHOLD = 0.5
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def random_attribution(key: jax.Array, n: int) -> np.ndarray:
+    """Uniform random maps (n, 28, 28): the chance baseline."""
+    return np.asarray(jax.random.uniform(key, (n, 28, 28)))
+
+
+def sobel_attribution(images) -> np.ndarray:
+    """Gradient magnitude of the image (Sobel), (N, 28, 28): an edge map that ignores the model."""
+    x = jnp.asarray(images, jnp.float32).reshape(-1, 28, 28)
+    kx = jnp.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], jnp.float32)
+    conv = jax.vmap(lambda im, k: jax.scipy.signal.convolve2d(im, k, mode="same"), in_axes=(0, None))
+    return np.asarray(jnp.hypot(conv(x, kx), conv(x, kx.T)))
+
+
+# ----------------------------------------------------------------------------- deletion / insertion
+
+
+def _auc(curve: jax.Array) -> jax.Array:
+    """Trapezoidal area under curves (..., S+1) sampled at x = 0, 1/S, ..., 1."""
+    s = curve.shape[-1] - 1
+    return (curve[..., 1:] + curve[..., :-1]).sum(-1) / (2 * s)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _curves_chunk(apply_fn, variables, images, maps, targets, steps: int):
+    """Deletion and insertion curves for a chunk: (n, steps + 1) each."""
+    n = images.shape[0]
+    # rank[i, p] = position of pixel p in descending attribution order (0 = most important)
+    order = jnp.argsort(-maps.reshape(n, -1), axis=1, stable=True)
+    rank = jnp.argsort(order, axis=1).reshape(n, 28, 28, 1)
+    counts = jnp.round(jnp.linspace(0, 784, steps + 1)).astype(jnp.int32)  # pixels changed per step
+    top = rank[None] < counts[:, None, None, None, None]  # (S+1, n, 28, 28, 1)
+    deleted = jnp.where(top, 0.0, images[None])
+    inserted = jnp.where(top, images[None], 0.0)
+    batch = jnp.concatenate([deleted, inserted]).reshape(-1, 28, 28, 1)
+    probs = jax.nn.softmax(apply_fn(variables, batch)).reshape(2, steps + 1, n, -1)
+    p = jnp.take_along_axis(probs, targets[None, None, :, None], 3)[..., 0]  # (2, S+1, n)
+    return p[0].T, p[1].T
+
+
+def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 16, chunk: int = 64):
+    """Curves (N, steps + 1) and AUCs (N,) for deletion and insertion, as a dict of numpy arrays.
+
+    ``apply_fn(variables, images) -> logits``; ``maps`` (N, 28, 28) rank the pixels (ties
+    are broken by pixel order); ``targets`` (N,) the class whose probability is tracked.
+    """
+    images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
+    maps = np.asarray(maps, np.float32).reshape(-1, 28, 28)
+    targets = np.asarray(targets, np.int32)
+    if not (len(images) == len(maps) == len(targets)):
+        raise ValueError(f"deletion_insertion: expected as many maps and targets as images ({len(images)}), "
+                         f"got {len(maps)} maps and {len(targets)} targets")
+    dels, ins = [], []
+    n = len(images)
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        x, m, t = images[sl], maps[sl], targets[sl]
+        pad = chunk - len(x) if n > chunk else 0
+        if pad:
+            x = np.concatenate([x, np.zeros((pad, 28, 28, 1), np.float32)])
+            m = np.concatenate([m, np.zeros((pad, 28, 28), np.float32)])
+            t = np.concatenate([t, np.zeros(pad, np.int32)])
+        d, i = _curves_chunk(apply_fn, variables, x, m, t, steps)
+        dels.append(np.asarray(d)[:len(d) - pad])
+        ins.append(np.asarray(i)[:len(i) - pad])
+    deletion, insertion = np.concatenate(dels), np.concatenate(ins)
+    return {"deletion_curve": deletion, "insertion_curve": insertion,
+            "deletion_auc": np.asarray(_auc(deletion)), "insertion_auc": np.asarray(_auc(insertion))}
+
+
+def bootstrap_ci(values, key: int = 0, resamples: int = 1000, level: float = 0.95):
+    """Mean and percentile-bootstrap interval of the mean, over images."""
+    values = np.asarray(values, np.float64)
+    rng = np.random.default_rng(key)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(values.mean()), float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- localisation
+
+
+def ink_share(images, maps, threshold: float = INK_THRESHOLD):
+    """Per image: share of positive attribution on ink pixels, and the ink's share of pixels."""
+    ink = np.asarray(images, np.float32).reshape(-1, 28, 28) > threshold
+    pos = np.maximum(np.asarray(maps, np.float32).reshape(-1, 28, 28), 0)
+    total = pos.sum((1, 2))
+    on_ink = (pos * ink).sum((1, 2)) / np.where(total > 0, total, 1)
+    return np.where(total > 0, on_ink, np.nan), ink.mean((1, 2))
+
+
+# ----------------------------------------------------------------------------- randomisation
+
+
+def spearman_rows(a, b) -> np.ndarray:
+    """Spearman rank correlation of each row pair of a, b (N, ...) with average ranks for ties;
+    NaN where a row is constant."""
+    from scipy.stats import rankdata
+
+    a = rankdata(np.asarray(a, np.float64).reshape(len(a), -1), axis=1)
+    b = rankdata(np.asarray(b, np.float64).reshape(len(b), -1), axis=1)
+    a -= a.mean(1, keepdims=True)
+    b -= b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), np.nan)
+
+
+def cascading_layers(params) -> list[str]:
+    """Top-level parameter groups from the output down (dense2, dense1, conv6, ..., conv1)."""
+    order = ["dense2", "dense1"] + [f"conv{i}" for i in range(6, 0, -1)]
+    return [k for k in order if k in params] + sorted(k for k in params if k not in order and not k.startswith("bn"))
+
+
+def randomized_params(params, fresh_params, layers: list[str]):
+    """``params`` with the named layers (and their BatchNorm, for convs) replaced by ``fresh_params``."""
+    out = dict(params)
+    for name in layers:
+        out[name] = fresh_params[name]
+        if name.startswith("conv") and f"bn{name[4:]}" in params:
+            out[f"bn{name[4:]}"] = fresh_params[f"bn{name[4:]}"]
+    return out
+
+
+def randomization_test(explainer, params, batch_stats, fresh_params, images, targets, key=None):
+    """Cascading model-parameter randomisation. Returns [(layers randomised so far, mean
+    Spearman correlation of |map| with the trained model's |map|)], top layer first."""
+    base = np.abs(explainer.attribute(params, batch_stats, images, targets, key=key))
+    results, done = [], []
+    for layer in cascading_layers(params):
+        done.append(layer)
+        rand = np.abs(explainer.attribute(randomized_params(params, fresh_params, done), batch_stats,
+                                          images, targets, key=key))
+        results.append((layer, float(np.nanmean(spearman_rows(base, rand)))))
+    return results
+
+
+def completeness_error(ig_explainer, params, batch_stats, images, targets=None):
+    """Integrated Gradients: |sum(IG) - (f(x) - f(x'))| / |f(x) - f(x')| per image."""
+    gap, delta = ig_explainer.completeness_gap(params, batch_stats, images, targets)
+    return np.abs(gap) / np.maximum(np.abs(delta), 1e-6)

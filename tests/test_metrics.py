@@ -1,0 +1,151 @@
+"""Faithfulness metrics: known answers on models we can reason about, and the CLI's bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mnist_xai_metrics as M
+import mnist_xai_visualizations as X
+from mnist_cnn_model import initialize_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PIXEL = (14, 14)
+
+
+def one_pixel_logits(variables, images):
+    """Class 0's logit is 10 x the pixel at (14, 14); the other nine are 0."""
+    x = images.reshape(images.shape[0], 28, 28)[:, PIXEL[0], PIXEL[1]]
+    return jnp.zeros((images.shape[0], 10)).at[:, 0].set(10 * x)
+
+
+def _images(n, seed=0):
+    x = np.random.default_rng(seed).random((n, 28, 28, 1)).astype(np.float32)
+    x[:, PIXEL[0], PIXEL[1]] = 1.0
+    return x
+
+
+def test_deletion_auc_minimal_when_the_read_pixel_ranks_first():
+    images = _images(8)
+    maps = np.zeros((8, 28, 28), np.float32)
+    maps[:, PIXEL[0], PIXEL[1]] = 1.0
+    steps = 16
+    out = M.deletion_insertion(one_pixel_logits, {}, images, maps, np.zeros(8, np.int32), steps=steps)
+    p_full = float(jax.nn.softmax(jnp.array([10.0] + [0.0] * 9))[0])
+    # Removing the first 49 pixels (step 1) removes the one that matters: p drops to 1/10.
+    np.testing.assert_allclose(out["deletion_curve"][:, 0], p_full, rtol=1e-6)
+    np.testing.assert_allclose(out["deletion_curve"][:, 1:], 0.1, rtol=1e-6)
+    minimum = (p_full + 0.1) / (2 * steps) + 0.1 * (steps - 1) / steps  # the least any ranking can score
+    np.testing.assert_allclose(out["deletion_auc"], minimum, rtol=1e-5)
+    # Insertion: the pixel comes in at the first step.
+    np.testing.assert_allclose(out["insertion_curve"][:, 1:], p_full, rtol=1e-6)
+
+
+def test_random_attribution_sits_at_the_random_expectation():
+    n, steps = 400, 16
+    images = _images(n, seed=1)
+    maps = M.random_attribution(jax.random.PRNGKey(0), n)
+    out = M.deletion_insertion(one_pixel_logits, {}, images, maps, np.zeros(n, np.int32), steps=steps)
+    # The pixel is removed at a uniformly random step k in 1..S: expected AUC is the mean over k.
+    p = float(jax.nn.softmax(jnp.array([10.0] + [0.0] * 9))[0])
+    counts = np.round(np.linspace(0, 784, steps + 1)).astype(int)
+    probs = [(counts[k] - counts[k - 1]) / 784 for k in range(1, steps + 1)]
+    expected = 0.0
+    for k, pk in enumerate(probs, start=1):
+        curve = np.array([p] * k + [0.1] * (steps + 1 - k))
+        expected += pk * (curve[1:] + curve[:-1]).sum() / (2 * steps)
+    mean, lo, hi = M.bootstrap_ci(out["deletion_auc"])
+    assert lo <= expected <= hi
+    assert abs(mean - expected) < 0.05
+
+
+def test_randomization_test_of_a_model_against_itself_is_one():
+    params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+    images = _images(4)
+    result = M.randomization_test(X.Saliency(model), params, batch_stats, params, images, None)
+    assert [name for name, _ in result] == ["dense2", "dense1", "conv6", "conv5", "conv4", "conv3", "conv2", "conv1"]
+    np.testing.assert_allclose([rho for _, rho in result], 1.0, rtol=1e-9)
+
+
+def test_randomization_changes_maps_for_a_different_model():
+    params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+    fresh, _, _ = initialize_model(jax.random.PRNGKey(1))
+    result = M.randomization_test(X.Saliency(model), params, batch_stats, fresh, _images(4), None)
+    assert result[-1][1] < 0.5
+
+
+def test_ink_share_of_the_ink_itself_is_one():
+    images = _images(3)
+    ink = (images[..., 0] > M.INK_THRESHOLD).astype(np.float32)
+    share, ink_fraction = M.ink_share(images, ink)
+    np.testing.assert_allclose(share, 1.0)
+    np.testing.assert_allclose(ink_fraction, ink.mean((1, 2)))
+    share_off, _ = M.ink_share(images, 1 - ink)
+    np.testing.assert_allclose(share_off, 0.0)
+
+
+def test_spearman_known_values():
+    a = np.arange(10.0)[None]
+    np.testing.assert_allclose(M.spearman_rows(a, a ** 3), 1.0)
+    np.testing.assert_allclose(M.spearman_rows(a, -a), -1.0)
+    assert np.isnan(M.spearman_rows(a, np.zeros_like(a)))[0]
+
+
+def test_sobel_of_flat_image_is_zero_inside():
+    edges = M.sobel_attribution(np.full((1, 28, 28), 0.7, np.float32))
+    np.testing.assert_allclose(edges[0, 1:-1, 1:-1], 0.0, atol=1e-6)
+
+
+def _run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DATA_DIR"}
+    return subprocess.run([sys.executable, str(ROOT / "evaluate_xai.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "gradcam,lime"], "--methods: expected names from gradcam"),
+    (["--num-images", "201"], "--num-images 201 is more than the 200 test digits available"),
+    (["--num-images", "0"], "--num-images: expected a positive integer, got 0"),
+])
+def test_cli_bad_input_exit_2_and_keeps_previous_results(args, message, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text('{"previous": true}')
+    proc = _run("--out", str(out), *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert json.loads((out / "results.json").read_text()) == {"previous": True}
+
+
+def test_cli_checkpoint_that_does_not_fit(tmp_path):
+    import shutil
+    import mnist_checkpoint as ckpt
+    src = ckpt.resolve_checkpoint_dir(ckpt.PRETRAINED_DIR)
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    meta = json.loads((bad / "meta" / "metadata").read_text())
+    meta["model"]["widths"] = [16, 64, 128]
+    (bad / "meta" / "metadata").write_text(json.dumps(meta))
+    proc = _run("--checkpoint", str(bad), "--out", str(tmp_path / "eval"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "do not fit the model" in proc.stderr
+    assert not (tmp_path / "eval").exists()
+
+
+def test_cli_small_run_writes_every_output(tmp_path):
+    out = tmp_path / "eval"
+    proc = _run("--methods", "gradcam,saliency,integrated_gradients", "--num-images", "24",
+                "--randomization-images", "4", "--steps", "8", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["results"]) == {"random (baseline)", "sobel edges (baseline)", "gradcam", "saliency",
+                                      "integrated_gradients"}
+    assert report["results"]["integrated_gradients"]["completeness_error_mean"] < 0.01
+    assert "| gradcam |" in (out / "results.md").read_text()
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not out.with_name("eval.tmp").exists()
