@@ -325,7 +325,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
             plot_curves(history, workdir / "training_curves.png")
     except KeyboardInterrupt:
         bar.close()
-        if step % steps_per_epoch and manager.latest_step() != step:
+        if manager.latest_step() != step:
             ckpt.save(manager, step, jax.device_get(state),
                       {**meta, "epoch": len(history), "val_accuracy": None, "history": history}, None)
         log(f"interrupted at step {step}: checkpoint saved in {workdir}; continue with --resume")
