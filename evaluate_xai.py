@@ -134,12 +134,8 @@ def write_outputs(report: dict, out: Path, command: str) -> None:
         f"(pass: mean Spearman ρ < {report['pass_correlation']} after re-initialising every layer).\n\n"
         f"{format_table(report)}\n\n![curves](curves.png)\n")
     plot_curves(report, tmp / "curves.png")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    from mnist_checkpoint import swap_in
+    swap_in(tmp, out)
 
 
 def main(argv=None) -> int:

@@ -169,10 +169,17 @@ def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if (workdir / "training_curves.png").exists():
         shutil.copy(workdir / "training_curves.png", tmp / "training_curves.png")
-    old = dst.with_name(dst.name + ".export-old")
+    swap_in(tmp, dst)
+    return dst
+
+
+def swap_in(new: Path, dst: Path) -> None:
+    """Replace folder ``dst`` by the finished folder ``new`` with renames, never leaving a half-written ``dst``."""
+    import shutil
+
+    old = dst.with_name(dst.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if dst.exists():
         os.replace(dst, old)
-    os.replace(tmp, dst)
+    os.replace(new, dst)
     shutil.rmtree(old, ignore_errors=True)
-    return dst

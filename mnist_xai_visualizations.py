@@ -26,7 +26,6 @@ IntegratedGradients, SmoothGrad, Occlusion. Each docstring cites its paper.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Sequence
 
 import jax

@@ -135,7 +135,7 @@ def main() -> int:
         ref = time_reference(data.train.images, data.train.labels, args.reference_steps)
         steps_per_epoch = len(data.train) // 128
         figures.update({"reference_seconds_per_step": ref, "reference_seconds_per_epoch": ref * steps_per_epoch})
-    print(f"\n| figure | value |\n|---|---|")
+    print("\n| figure | value |\n|---|---|")
     for k, v in figures.items():
         print(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
     if args.json:
