@@ -101,7 +101,7 @@ def load_checkpoint(path: str | os.PathLike | None = None):
 
     ``path`` defaults to the shipped checkpoint in ``pretrained/``.
     """
-    step_dir = resolve_checkpoint_dir(PRETRAINED_DIR if path is None else path)
+    step_dir = resolve_checkpoint_dir(PRETRAINED_DIR if path is None else path).absolute()  # orbax wants absolute
     try:
         meta = ocp.JsonCheckpointHandler().restore(step_dir / "meta")
         state = ocp.StandardCheckpointer().restore(step_dir / "state")
