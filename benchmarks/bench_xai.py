@@ -400,7 +400,9 @@ def main(argv=None):
 
     rows = []
     for name in args.methods:
-        explainer = xai.METHODS[name](model)
+        # IG at 50 steps, like the Captum side (our default is 100; see IntegratedGradients).
+        explainer = (xai.METHODS[name](model, steps=50) if name == "integrated_gradients"
+                     else xai.METHODS[name](model))
         warm = min(n, explainer.chunk_size)
         explainer.attribute(params, batch_stats, images[:warm])
         t0 = time.perf_counter()
