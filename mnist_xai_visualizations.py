@@ -432,7 +432,8 @@ class IntegratedGradients(Explainer):
         """Per image: sum of attributions minus (f(x) - f(baseline)) for the target logit, and f(x) - f(x')."""
         x = as_image_batch(images)
         maps, preds, scores = self.explain(params, batch_stats, x, target_classes)
-        t = np.where(as_targets(target_classes, len(x)) < 0, preds, as_targets(target_classes, len(x)))
+        requested = as_targets(target_classes, len(x))
+        t = np.where(requested < 0, preds, requested)
         base = np.broadcast_to(self.baseline, x.shape).astype(np.float32)
         base_logits = np.asarray(jax.jit(self.logits)(_variables(params, batch_stats), base))
         delta = scores - base_logits[np.arange(len(x)), t]
