@@ -12,7 +12,8 @@ import pytest
 
 import mnist_checkpoint as ckpt
 import train_mnist as T
-from mnist_cnn_model import MNISTCNN, conv3x3, count_params, initialize_model
+from mnist_cnn_model import (MNISTCNN, conv3x3, conv3x3_grads, conv3x3_im2col, conv3x3_weight_grad,
+                             count_params, initialize_model)
 from mnist_data import MNIST, Split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +35,36 @@ def test_exact_parameter_count_and_shapes():
                                model.apply(variables, x), rtol=1e-6)
 
 
-def test_conv3x3_gradients_match_xla_conv():
+def _xla_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("shape", [(5, 14, 14, 6, 4), (3, 28, 28, 1, 8), (4, 7, 7, 16, 32)])
+def test_conv3x3_values_and_gradients_match_xla_conv(shape):
+    n, h, w_, c, o = shape
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(5, 14, 14, 6)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(3, 3, 6, 4)), jnp.float32)
-
-    def reference(x, w):
-        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
+    x = jnp.asarray(rng.normal(size=(n, h, w_, c)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, c, o)), jnp.float32)
+    np.testing.assert_allclose(conv3x3(x, w), _xla_conv(x, w), rtol=1e-4, atol=1e-4)
     g_new = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv3x3(x, w))), (0, 1))(x, w)
-    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(reference(x, w))), (0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(_xla_conv(x, w))), (0, 1))(x, w)
     for a, b in zip(g_new, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv3x3_chunked_paths_agree_across_chunk_sizes():
+    """One image per chunk, a few, and the whole batch give the same values."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(6, 7, 7, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 5, 3)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(6, 7, 7, 3)), jnp.float32)
+    dx_ref, dw_ref = jax.vjp(_xla_conv, x, w)[1](g)
+    for chunk_bytes in (1, 3 * 7 * 7 * 9 * 5 * 4, 1 << 30):
+        np.testing.assert_allclose(conv3x3_im2col(x, w, chunk_bytes), _xla_conv(x, w), rtol=1e-4, atol=1e-4)
+        dx, dw = conv3x3_grads(x, w, g, chunk_bytes)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(conv3x3_weight_grad(x, g, chunk_bytes), dw_ref, rtol=1e-4, atol=1e-4)
 
 
 def test_model_config_round_trip():

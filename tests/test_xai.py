@@ -137,10 +137,14 @@ def test_batched_equals_one_at_a_time_and_no_mutation(name, cnn, digits):
     maps, preds, scores = explainer.explain(params, batch_stats, digits, targets)
     assert maps.shape == (3, 28, 28) and np.isfinite(maps).all()
     np.testing.assert_array_equal(digits, before)
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, digits)
     for i in range(3):
         one = explainer.attribute(params, batch_stats, digits[i, :, :, 0], targets[i])
-        np.testing.assert_allclose(one[0], maps[i], rtol=1e-4, atol=1e-6 * np.abs(maps[i]).max())
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, digits)
+        # Occlusion subtracts two forward passes: float32 rounding, which depends on how a
+        # batch's matmuls are blocked, leaves ~1e-6 of the network's largest logit (~10),
+        # however small the difference itself is.
+        scale = max(np.abs(maps[i]).max(), np.abs(logits[i]).max() if name == "occlusion" else 0.0)
+        np.testing.assert_allclose(one[0], maps[i], rtol=1e-4, atol=1e-6 * scale)
     np.testing.assert_array_equal(preds, np.asarray(logits).argmax(-1))
     np.testing.assert_allclose(scores, np.asarray(logits)[np.arange(3), targets], rtol=1e-5)
 
