@@ -50,34 +50,6 @@ def _patches3x3(x: jax.Array) -> jax.Array:
     return jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
 
 
-def _images_per_chunk(n: int, bytes_per_image: int, chunk_bytes: int) -> int:
-    """The largest divisor of ``n`` whose chunk of patches fits in ``chunk_bytes``."""
-    k = max(1, min(n, chunk_bytes // bytes_per_image))
-    while n % k:
-        k -= 1
-    return k
-
-
-def _patch_matmul(x: jax.Array, w2d: jax.Array) -> jax.Array:
-    """(k, h, w, c) @ (9c, o) -> (k, h, w, o): a 3x3 SAME conv of one chunk as one matmul."""
-    k, h, w, c = x.shape
-    return (_patches3x3(x).reshape(-1, 9 * c) @ w2d).reshape(k, h, w, w2d.shape[-1])
-
-
-def conv3x3_im2col(x: jax.Array, w: jax.Array, chunk_bytes: int = 1 << 21) -> jax.Array:
-    """3x3 SAME conv as im2col matmuls over cache-sized chunks of the batch (``lax.map``).
-
-    On this project's 2-core CPU, 2 MB chunks of patches beat both XLA's own convolution
-    and one whole-batch im2col (whose patch matrix falls out of cache): 80 ms against
-    110 ms for the model's six layers at batch 128 (benchmarks/bench_conv.py).
-    """
-    n, h, wd, c = x.shape
-    k = _images_per_chunk(n, h * wd * 9 * c * x.dtype.itemsize, chunk_bytes)
-    w2d = w.reshape(9 * c, w.shape[-1])
-    out = lax.map(lambda xc: _patch_matmul(xc, w2d), x.reshape(n // k, k, h, wd, c))
-    return out.reshape(n, h, wd, w.shape[-1])
-
-
 def conv3x3_weight_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 22) -> jax.Array:
     """dL/dw of a 3x3 SAME conv as im2col matmuls over cache-sized chunks of the batch.
 
@@ -88,7 +60,9 @@ def conv3x3_weight_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 22) 
     """
     n, h, w, c = x.shape
     o = g.shape[-1]
-    k = _images_per_chunk(n, h * w * 9 * c * x.dtype.itemsize, chunk_bytes)
+    k = max(1, min(n, chunk_bytes // (h * w * 9 * c * x.dtype.itemsize)))  # images per chunk
+    while n % k:
+        k -= 1
 
     def accumulate(acc, xg):
         xc, gc = xg
@@ -100,54 +74,20 @@ def conv3x3_weight_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 22) 
     return acc.reshape(3, 3, c, o)
 
 
-def conv3x3_grads(x: jax.Array, w: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 21):
-    """(dL/dx, dL/dw) of a 3x3 SAME conv in one pass over chunks of the batch.
-
-    dL/dx is the same conv of ``g`` with the kernel flipped and its channels swapped, so
-    each chunk builds the patches of ``x`` (for dw) and of ``g`` (for dx) once.
-    """
-    n, h, wd, c = x.shape
-    o = g.shape[-1]
-    w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3).reshape(9 * o, c)
-    k = _images_per_chunk(n, h * wd * 9 * max(c, o) * x.dtype.itemsize, chunk_bytes)
-
-    def body(acc, xg):
-        xc, gc = xg
-        px = _patches3x3(xc).reshape(-1, 9 * c)
-        acc = acc + lax.dot_general(px, gc.reshape(-1, o), (((0,), (0,)), ((), ())))
-        return acc, _patch_matmul(gc, w_t)
-
-    dw, dx = lax.scan(body, jnp.zeros((9 * c, o), jnp.float32),
-                      (x.reshape(n // k, k, h, wd, c), g.reshape(n // k, k, h, wd, o)))
-    return dx.reshape(x.shape), dw.reshape(w.shape)
-
-
-def _conv3x3_impl(x: jax.Array, w: jax.Array) -> jax.Array:
-    # One input channel: XLA's conv is already fast and im2col would be a 9-wide matmul.
-    return _conv_same(x, w) if x.shape[-1] == 1 else conv3x3_im2col(x, w)
-
-
 @jax.custom_vjp
 def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
-    """3x3 stride-1 SAME convolution, NHWC x HWIO, written for XLA's CPU backend.
-
-    Same values as ``lax.conv_general_dilated`` up to float rounding (tests check 1e-5);
-    forward and both gradients are chunked im2col matmuls (see ``conv3x3_im2col``).
-    """
-    return _conv3x3_impl(x, w)
+    """3x3 stride-1 SAME convolution, NHWC x HWIO, with a CPU-friendly weight gradient."""
+    return _conv_same(x, w)
 
 
 def _conv3x3_fwd(x, w):
-    return _conv3x3_impl(x, w), (x, w)
+    return _conv_same(x, w), (x, w)
 
 
 def _conv3x3_bwd(residuals, g):
     x, w = residuals
-    if x.shape[-1] == 1:  # the input layer: dx only matters for input attributions
-        dx = jax.vjp(lambda x_: _conv_same(x_, w), x)[1](g)[0]
-        return dx, conv3x3_weight_grad(x, g).astype(w.dtype)
-    dx, dw = conv3x3_grads(x, w, g)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    dx = jax.vjp(lambda x_: _conv_same(x_, w), x)[1](g)[0]  # XLA's transposed conv is fine here
+    return dx, conv3x3_weight_grad(x, g).astype(w.dtype)
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)

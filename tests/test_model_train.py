@@ -12,8 +12,7 @@ import pytest
 
 import mnist_checkpoint as ckpt
 import train_mnist as T
-from mnist_cnn_model import (MNISTCNN, conv3x3, conv3x3_grads, conv3x3_im2col, conv3x3_weight_grad,
-                             count_params, initialize_model)
+from mnist_cnn_model import MNISTCNN, conv3x3, conv3x3_weight_grad, count_params, initialize_model
 from mnist_data import MNIST, Split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,18 +51,14 @@ def test_conv3x3_values_and_gradients_match_xla_conv(shape):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_conv3x3_chunked_paths_agree_across_chunk_sizes():
-    """One image per chunk, a few, and the whole batch give the same values."""
+def test_conv3x3_weight_grad_agrees_across_chunk_sizes():
+    """One image per chunk, a few, and the whole batch give XLA's weight gradient."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(6, 7, 7, 5)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 3, 5, 3)), jnp.float32)
     g = jnp.asarray(rng.normal(size=(6, 7, 7, 3)), jnp.float32)
-    dx_ref, dw_ref = jax.vjp(_xla_conv, x, w)[1](g)
+    dw_ref = jax.vjp(lambda w_: _xla_conv(x, w_), w)[1](g)[0]
     for chunk_bytes in (1, 3 * 7 * 7 * 9 * 5 * 4, 1 << 30):
-        np.testing.assert_allclose(conv3x3_im2col(x, w, chunk_bytes), _xla_conv(x, w), rtol=1e-4, atol=1e-4)
-        dx, dw = conv3x3_grads(x, w, g, chunk_bytes)
-        np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(conv3x3_weight_grad(x, g, chunk_bytes), dw_ref, rtol=1e-4, atol=1e-4)
 
 
