@@ -195,4 +195,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from cpu_devices import use_one_device_per_core
+    use_one_device_per_core()  # before JAX is imported: each chunk split over the cores
     sys.exit(main())

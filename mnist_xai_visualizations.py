@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
 NUM_CLASSES = 10
 IMAGE_HW = (28, 28)
@@ -201,7 +202,18 @@ class Explainer:
             if int(chunk_size) < 1:
                 raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
             self.chunk_size = int(chunk_size)
-        self._jitted = jax.jit(self._maps)
+        # Images are explained independently, so with several local devices (GPUs, or CPU
+        # cores split by XLA_FLAGS=--xla_force_host_platform_device_count, as the scripts
+        # do) each chunk is split across them. One device: a plain jit.
+        devices = jax.local_devices()
+        self.num_devices = len(devices)
+        fn = self._maps
+        if self.num_devices > 1:
+            mesh = Mesh(np.array(devices), ("batch",))
+            fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P("batch"), P("batch"), P()),
+                               out_specs=P("batch"), check_vma=False)
+            self.chunk_size = -(-self.chunk_size // self.num_devices) * self.num_devices
+        self._jitted = jax.jit(fn)
 
     # The two halves of the network, for subclasses.
     def features(self, variables, images):
@@ -236,7 +248,8 @@ class Explainer:
         maps, logits = [], []
         for start in range(0, n, c):
             xc, tc = x[start:start + c], t[start:start + c]
-            pad = (c - len(xc)) if n > c else 0  # fixed chunk shape: compile once
+            # Fixed chunk shape (compile once), and a multiple of the device count.
+            pad = (c - len(xc)) if n > c else (-len(xc)) % self.num_devices
             if pad:
                 xc = np.concatenate([xc, np.zeros((pad, *xc.shape[1:]), xc.dtype)])
                 tc = np.concatenate([tc, np.zeros(pad, tc.dtype)])

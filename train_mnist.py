@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import os
 
-if __name__ == "__main__" and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    # Must happen before JAX is imported. Only the host (CPU) platform is affected.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={min(os.cpu_count() or 1, 8)}")
+if __name__ == "__main__":  # before JAX is imported: one JAX device per CPU core
+    from cpu_devices import use_one_device_per_core
+    use_one_device_per_core()
 
 import argparse
 import dataclasses

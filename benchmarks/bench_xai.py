@@ -84,6 +84,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cpu_devices import use_one_device_per_core  # noqa: E402
+
+use_one_device_per_core()  # as evaluate_xai.py and the full demo do
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

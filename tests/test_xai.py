@@ -1,4 +1,9 @@
 """Explanation methods: known answers, axioms, batching, bad input."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -245,3 +250,41 @@ def test_integrated_gradients_completeness_on_real_digits_with_shipped_checkpoin
     error = np.abs(gap) / np.abs(delta)
     assert error.mean() < 0.01 and error.max() < 0.03, (error.mean(), error.max())
 
+
+
+_TWO_DEVICE_SCRIPT = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, sys.argv[1])
+import jax, numpy as np
+import mnist_xai_visualizations as X
+from mnist_cnn_model import initialize_model
+assert len(jax.local_devices()) == 2
+params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+x = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
+out = {}
+for name in X.METHODS:
+    e = X.make_explainer(name, model, chunk_size=2)  # 3 images: two chunks, the last padded
+    out[name] = e.attribute(params, batch_stats, x, [2, 5, 7])
+    out[name + "/one"] = e.attribute(params, batch_stats, x[0], [2])  # one image, padded to 2
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_two_devices_give_the_same_maps_as_one(cnn, digits, tmp_path):
+    """With two local devices each chunk is split across them (shard_map); same maps."""
+    script, out = tmp_path / "two.py", tmp_path / "two.npz"
+    script.write_text(_TWO_DEVICE_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(Path(X.__file__).parent), str(out)], check=True,
+                   env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    two = np.load(out)
+    params, batch_stats, model = cnn
+    logits = np.asarray(model.apply({"params": params, "batch_stats": batch_stats}, digits))
+    for name in X.METHODS:
+        one = X.make_explainer(name, model).attribute(params, batch_stats, digits, [2, 5, 7])
+        for i, got in enumerate([two[name][0], two[name][1], two[name][2]]):
+            scale = max(np.abs(one[i]).max(), np.abs(logits[i]).max() if name == "occlusion" else 0.0)
+            np.testing.assert_allclose(got, one[i], rtol=1e-4, atol=1e-6 * scale, err_msg=name)
+        np.testing.assert_allclose(two[name + "/one"][0], two[name][0], rtol=1e-4,
+                                   atol=1e-6 * max(np.abs(one[0]).max(), np.abs(logits[0]).max()),
+                                   err_msg=name)
