@@ -4,7 +4,8 @@ XLA's CPU backend runs many of this model's ops on one thread; with the batch sh
 one device per core both cores stay busy (training step 1.3x faster, explanations 1.0-1.4x
 on this project's 2-core machine). Command-line scripts call ``use_one_device_per_core()``
 before importing JAX; it changes nothing once JAX is imported, nor when XLA_FLAGS already
-sets a device count. Library code never calls it: a notebook keeps JAX's default.
+sets a device count. Library modules never call it; the quickstart notebook does in its
+first cell, and a notebook that imports JAX first keeps JAX's default of one CPU device.
 """
 import os
 import sys

@@ -50,6 +50,14 @@ def _patches3x3(x: jax.Array) -> jax.Array:
     return jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
 
 
+def images_per_chunk(n: int, bytes_per_image: int, chunk_bytes: int) -> int:
+    """The largest divisor of ``n`` whose chunk of ``bytes_per_image``-sized images fits in ``chunk_bytes``."""
+    k = max(1, min(n, chunk_bytes // bytes_per_image))
+    while n % k:
+        k -= 1
+    return k
+
+
 def conv3x3_weight_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 22) -> jax.Array:
     """dL/dw of a 3x3 SAME conv as im2col matmuls over cache-sized chunks of the batch.
 
@@ -60,9 +68,7 @@ def conv3x3_weight_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 22) 
     """
     n, h, w, c = x.shape
     o = g.shape[-1]
-    k = max(1, min(n, chunk_bytes // (h * w * 9 * c * x.dtype.itemsize)))  # images per chunk
-    while n % k:
-        k -= 1
+    k = images_per_chunk(n, h * w * 9 * c * x.dtype.itemsize, chunk_bytes)
 
     def accumulate(acc, xg):
         xc, gc = xg

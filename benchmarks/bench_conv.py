@@ -19,17 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mnist_cnn_model import _conv_same, _patches3x3, conv3x3_weight_grad
+from mnist_cnn_model import _conv_same, _patches3x3, conv3x3_weight_grad, images_per_chunk
 
 LAYERS = [(28, 1, 32), (28, 32, 32), (14, 32, 64), (14, 64, 64), (7, 64, 128), (7, 128, 128)]
 CHUNK_BYTES = 1 << 21  # ~2 MB of patches per chunk: the best of 1-16 MB here
-
-
-def _per_chunk(n: int, bytes_per_image: int) -> int:
-    k = max(1, min(n, CHUNK_BYTES // bytes_per_image))
-    while n % k:
-        k -= 1
-    return k
 
 
 def _patch_matmul(x, w2d):
@@ -41,7 +34,7 @@ def _im2col_forward(x, w):
     n, h, wd, c = x.shape
     if c == 1:
         return _conv_same(x, w)
-    k = _per_chunk(n, h * wd * 9 * c * 4)
+    k = images_per_chunk(n, h * wd * 9 * c * 4, CHUNK_BYTES)
     w2d = w.reshape(9 * c, w.shape[-1])
     return lax.map(lambda xc: _patch_matmul(xc, w2d), x.reshape(n // k, k, h, wd, c)).reshape(n, h, wd, -1)
 
@@ -63,7 +56,7 @@ def _bwd(res, g):
     if c == 1:
         return jax.vjp(lambda x_: _conv_same(x_, w), x)[1](g)[0], conv3x3_weight_grad(x, g)
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3).reshape(9 * o, c)  # dx = conv(g, flipped kernel)
-    k = _per_chunk(n, h * wd * 9 * max(c, o) * 4)
+    k = images_per_chunk(n, h * wd * 9 * max(c, o) * 4, CHUNK_BYTES)
 
     def body(acc, xg):
         xc, gc = xg
