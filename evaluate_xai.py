@@ -37,6 +37,7 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
     logits = np.concatenate([np.asarray(apply_fn(variables, images[i:i + 1000]))
                              for i in range(0, len(images), 1000)])
     targets = logits.argmax(-1).astype(np.int32)  # explain the predicted class
+    probs = np.asarray(jax.nn.softmax(logits))
     key = jax.random.PRNGKey(seed)
     fresh = model.init(jax.random.PRNGKey(seed + 1), images[:1])["params"]
     sub = slice(0, min(randomization_images, len(images)))
@@ -54,7 +55,7 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
     results = {}
     for name, maps in maps_by_name.items():
         t0 = time.perf_counter()
-        curves = M.deletion_insertion(apply_fn, variables, images, maps, targets, steps=steps)
+        curves = M.deletion_insertion(apply_fn, variables, images, maps, targets, steps=steps, probs=probs)
         on_ink, ink = M.ink_share(images, maps)
         row = {
             "deletion_auc": M.bootstrap_ci(curves["deletion_auc"], seed),
@@ -70,7 +71,7 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
             row["randomization"] = cascade
             row["randomization_passes"] = bool(cascade[-1][1] < PASS_CORRELATION)
         if name == "integrated_gradients":
-            err = M.completeness_error(X.make_explainer(name, model), params, batch_stats, images, targets)
+            err = M.completeness_error(X.make_explainer(name, model), params, batch_stats, images, targets, maps)
             row["completeness_error_mean"] = float(err.mean())
             row["completeness_error_max"] = float(err.max())
         results[name] = row

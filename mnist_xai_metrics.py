@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_xai_visualizations import in_chunks, split_over_devices
+
 INK_THRESHOLD = 0.5
 
 
@@ -50,49 +52,63 @@ def _auc(curve: jax.Array) -> jax.Array:
     return (curve[..., 1:] + curve[..., :-1]).sum(-1) / (2 * s)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _curves_chunk(apply_fn, variables, images, maps, targets, steps: int):
-    """Deletion and insertion curves for a chunk: (n, steps + 1) each."""
-    n = images.shape[0]
-    # rank[i, p] = position of pixel p in descending attribution order (0 = most important)
-    order = jnp.argsort(-maps.reshape(n, -1), axis=1, stable=True)
-    rank = jnp.argsort(order, axis=1).reshape(n, 28, 28, 1)
-    counts = jnp.round(jnp.linspace(0, 784, steps + 1)).astype(jnp.int32)  # pixels changed per step
-    top = rank[None] < counts[:, None, None, None, None]  # (S+1, n, 28, 28, 1)
-    deleted = jnp.where(top, 0.0, images[None])
-    inserted = jnp.where(top, images[None], 0.0)
-    batch = jnp.concatenate([deleted, inserted]).reshape(-1, 28, 28, 1)
-    probs = jax.nn.softmax(apply_fn(variables, batch)).reshape(2, steps + 1, n, -1)
-    p = jnp.take_along_axis(probs, targets[None, None, :, None], 3)[..., 0]  # (2, S+1, n)
-    return p[0].T, p[1].T
+def _interior_curves(apply_fn, steps: int):
+    """For a chunk: deletion and insertion probabilities at the interior steps 1..steps-1."""
+    counts = np.round(np.linspace(0, 784, steps + 1)).astype(np.int32)[1:-1]  # pixels changed per step
+
+    def curves(variables, images, maps, targets):
+        n = images.shape[0]
+        # rank[i, p] = position of pixel p in descending attribution order (0 = most important)
+        order = jnp.argsort(-maps.reshape(n, -1), axis=1, stable=True)
+        rank = jnp.argsort(order, axis=1).reshape(n, 28, 28, 1)
+        top = rank[None] < jnp.asarray(counts)[:, None, None, None, None]  # (S-1, n, 28, 28, 1)
+        deleted = jnp.where(top, 0.0, images[None])
+        inserted = jnp.where(top, images[None], 0.0)
+        batch = jnp.concatenate([deleted, inserted]).reshape(-1, 28, 28, 1)
+        probs = jax.nn.softmax(apply_fn(variables, batch)).reshape(2, steps - 1, n, -1)
+        p = jnp.take_along_axis(probs, targets[None, None, :, None], 3)[..., 0]  # (2, S-1, n)
+        return p[0].T, p[1].T
+
+    return curves
 
 
-def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 16, chunk: int = 64):
+@functools.lru_cache(maxsize=16)
+def _compiled_curves(apply_fn, steps: int):
+    return split_over_devices(_interior_curves(apply_fn, steps), (False, True, True, True))
+
+
+def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 16, chunk: int = 64,
+                       probs=None):
     """Curves (N, steps + 1) and AUCs (N,) for deletion and insertion, as a dict of numpy arrays.
 
     ``apply_fn(variables, images) -> logits``; ``maps`` (N, 28, 28) rank the pixels (ties
     are broken by pixel order); ``targets`` (N,) the class whose probability is tracked.
+    The ends of the curves do not depend on the map (the image itself, and a black image),
+    so they take two forward passes in all; ``probs`` (N, classes), the softmax of the
+    unperturbed images, saves one of them when several maps of the same images are scored.
+    Chunks of ``chunk`` images x 2 (steps - 1) perturbed images go through the network as
+    one batch, split over the local devices.
     """
     images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
     maps = np.asarray(maps, np.float32).reshape(-1, 28, 28)
     targets = np.asarray(targets, np.int32)
-    if not (len(images) == len(maps) == len(targets)):
-        raise ValueError(f"deletion_insertion: expected as many maps and targets as images ({len(images)}), "
-                         f"got {len(maps)} maps and {len(targets)} targets")
-    dels, ins = [], []
     n = len(images)
-    for start in range(0, n, chunk):
-        sl = slice(start, start + chunk)
-        x, m, t = images[sl], maps[sl], targets[sl]
-        pad = chunk - len(x) if n > chunk else 0
-        if pad:
-            x = np.concatenate([x, np.zeros((pad, 28, 28, 1), np.float32)])
-            m = np.concatenate([m, np.zeros((pad, 28, 28), np.float32)])
-            t = np.concatenate([t, np.zeros(pad, np.int32)])
-        d, i = _curves_chunk(apply_fn, variables, x, m, t, steps)
-        dels.append(np.asarray(d)[:len(d) - pad])
-        ins.append(np.asarray(i)[:len(i) - pad])
-    deletion, insertion = np.concatenate(dels), np.concatenate(ins)
+    if not (n == len(maps) == len(targets)) or n == 0:
+        raise ValueError(f"deletion_insertion: expected as many maps and targets as images (at least one), "
+                         f"got {n} images, {len(maps)} maps and {len(targets)} targets")
+    if int(steps) < 2:
+        raise ValueError(f"steps: expected an integer >= 2, got {steps}")
+    if probs is None:
+        forward = jax.jit(apply_fn)
+        probs = np.concatenate([np.asarray(jax.nn.softmax(forward(variables, images[i:i + 1000])))
+                                for i in range(0, n, 1000)])
+    original = np.asarray(probs)[np.arange(n), targets]
+    black = np.asarray(jax.nn.softmax(apply_fn(variables, np.zeros((1, 28, 28, 1), np.float32))))[0, targets]
+    fn, devices = _compiled_curves(apply_fn, int(steps))
+    chunk = -(-chunk // devices) * devices
+    deleted, inserted = in_chunks(lambda x, m, t: fn(variables, x, m, t), (images, maps, targets), chunk, devices)
+    deletion = np.concatenate([original[:, None], deleted, black[:, None]], axis=1)
+    insertion = np.concatenate([black[:, None], inserted, original[:, None]], axis=1)
     return {"deletion_curve": deletion, "insertion_curve": insertion,
             "deletion_auc": np.asarray(_auc(deletion)), "insertion_auc": np.asarray(_auc(insertion))}
 
@@ -164,7 +180,8 @@ def randomization_test(explainer, params, batch_stats, fresh_params, images, tar
     return results
 
 
-def completeness_error(ig_explainer, params, batch_stats, images, targets=None):
-    """Integrated Gradients: |sum(IG) - (f(x) - f(x'))| / |f(x) - f(x')| per image."""
-    gap, delta = ig_explainer.completeness_gap(params, batch_stats, images, targets)
+def completeness_error(ig_explainer, params, batch_stats, images, targets=None, maps=None):
+    """Integrated Gradients: |sum(IG) - (f(x) - f(x'))| / |f(x) - f(x')| per image
+    (``maps``: the explainer's attributions when already computed)."""
+    gap, delta = ig_explainer.completeness_gap(params, batch_stats, images, targets, maps=maps)
     return np.abs(gap) / np.maximum(np.abs(delta), 1e-6)

@@ -180,6 +180,43 @@ def _resolve_targets(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.where(targets < 0, logits.argmax(-1), targets)
 
 
+def split_over_devices(fn: Callable, batched: Sequence[bool]):
+    """``jax.jit(fn)`` with the ``batched`` arguments split over the local devices.
+
+    Rows must be independent (they are at inference: BatchNorm uses running statistics).
+    With several local devices (GPUs, or CPU cores split by
+    ``XLA_FLAGS=--xla_force_host_platform_device_count``, as the scripts do) the batched
+    arguments and every output are sharded along their first axis (``jax.shard_map``); the
+    others are replicated. With one device it is a plain jit. Returns ``(jitted, devices)``:
+    batch sizes must be a multiple of ``devices``.
+    """
+    devices = jax.local_devices()
+    if len(devices) > 1:
+        mesh = Mesh(np.array(devices), ("batch",))
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=tuple(P("batch") if b else P() for b in batched),
+                           out_specs=P("batch"), check_vma=False)
+    return jax.jit(fn), len(devices)
+
+
+def in_chunks(call: Callable, arrays: Sequence[np.ndarray], chunk: int, multiple: int = 1) -> list[np.ndarray]:
+    """``call(*rows)`` over chunks of ``chunk`` rows of ``arrays``; outputs concatenated as numpy.
+
+    Memory stays bounded by the chunk. The last chunk is zero-padded to the full chunk size
+    (or, when everything fits in one chunk, to a multiple of ``multiple``, e.g. the device
+    count), so each shape compiles once; the padded rows are dropped from the outputs.
+    """
+    n = len(arrays[0])
+    outputs = []
+    for start in range(0, n, chunk):
+        rows = [a[start:start + chunk] for a in arrays]
+        k = len(rows[0])
+        pad = (chunk - k) if n > chunk else (-k) % multiple
+        if pad:
+            rows = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) for a in rows]
+        outputs.append([np.asarray(out)[:k] for out in call(*rows)])
+    return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
 class Explainer:
     """Base class: input checks, chunking and the uniform batched call.
 
@@ -202,18 +239,9 @@ class Explainer:
             if int(chunk_size) < 1:
                 raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
             self.chunk_size = int(chunk_size)
-        # Images are explained independently, so with several local devices (GPUs, or CPU
-        # cores split by XLA_FLAGS=--xla_force_host_platform_device_count, as the scripts
-        # do) each chunk is split across them. One device: a plain jit.
-        devices = jax.local_devices()
-        self.num_devices = len(devices)
-        fn = self._maps
-        if self.num_devices > 1:
-            mesh = Mesh(np.array(devices), ("batch",))
-            fn = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P("batch"), P("batch"), P()),
-                               out_specs=P("batch"), check_vma=False)
-            self.chunk_size = -(-self.chunk_size // self.num_devices) * self.num_devices
-        self._jitted = jax.jit(fn)
+        # Images are explained independently: each chunk is split over the local devices.
+        self._jitted, self.num_devices = split_over_devices(self._maps, (False, True, True, False))
+        self.chunk_size = -(-self.chunk_size // self.num_devices) * self.num_devices
 
     # The two halves of the network, for subclasses.
     def features(self, variables, images):
@@ -244,19 +272,9 @@ class Explainer:
         t = as_targets(target_classes, len(x))
         key = jax.random.PRNGKey(0) if key is None else key
         variables = _variables(params, batch_stats)
-        n, c = len(x), self.chunk_size
-        maps, logits = [], []
-        for start in range(0, n, c):
-            xc, tc = x[start:start + c], t[start:start + c]
-            # Fixed chunk shape (compile once), and a multiple of the device count.
-            pad = (c - len(xc)) if n > c else (-len(xc)) % self.num_devices
-            if pad:
-                xc = np.concatenate([xc, np.zeros((pad, *xc.shape[1:]), xc.dtype)])
-                tc = np.concatenate([tc, np.zeros(pad, tc.dtype)])
-            m, lg = self._jitted(variables, xc, tc, key)
-            maps.append(np.asarray(m)[:len(m) - pad])
-            logits.append(np.asarray(lg)[:len(lg) - pad])
-        maps, logits = np.concatenate(maps), np.concatenate(logits)
+        n = len(x)
+        maps, logits = in_chunks(lambda xc, tc: self._jitted(variables, xc, tc, key), (x, t),
+                                 self.chunk_size, self.num_devices)
         preds = logits.argmax(-1)
         chosen = np.where(t < 0, preds, t)
         return maps, preds, logits[np.arange(n), chosen]
@@ -441,15 +459,25 @@ class IntegratedGradients(Explainer):
         avg = jnp.tensordot(jnp.asarray(self.weights), grads.reshape(self.steps, n, 28, 28, 1), 1)
         return ((images - baseline) * avg)[..., 0], logits
 
-    def completeness_gap(self, params, batch_stats, images, target_classes=None):
-        """Per image: sum of attributions minus (f(x) - f(baseline)) for the target logit, and f(x) - f(x')."""
+    def completeness_gap(self, params, batch_stats, images, target_classes=None, maps=None):
+        """Per image: sum of attributions minus (f(x) - f(baseline)) for the target logit, and f(x) - f(x').
+
+        ``maps``: this explainer's attributions of ``images`` for ``target_classes`` when
+        they are already at hand (e.g. in ``evaluate_xai``); computed here otherwise.
+        """
         x = as_image_batch(images)
-        maps, preds, scores = self.explain(params, batch_stats, x, target_classes)
         requested = as_targets(target_classes, len(x))
-        t = np.where(requested < 0, preds, requested)
-        base = np.broadcast_to(self.baseline, x.shape).astype(np.float32)
-        base_logits = np.asarray(jax.jit(self.logits)(_variables(params, batch_stats), base))
-        delta = scores - base_logits[np.arange(len(x)), t]
+        if maps is None:
+            maps = self.attribute(params, batch_stats, x, target_classes)
+        maps = np.asarray(maps, np.float32)
+        if maps.shape != (len(x), *IMAGE_HW):
+            raise ValueError(f"maps: expected shape {(len(x), *IMAGE_HW)}, got {maps.shape}")
+        variables = _variables(params, batch_stats)
+        forward = jax.jit(self.logits)
+        (logits,) = in_chunks(lambda xc: (forward(variables, xc),), (x,), 1000)
+        t = np.where(requested < 0, logits.argmax(-1), requested)
+        base_logits = np.asarray(forward(variables, np.broadcast_to(self.baseline, (1, 28, 28, 1))))[0]
+        delta = logits[np.arange(len(x)), t] - base_logits[t]
         return maps.sum(axis=(1, 2)) - delta, delta
 
 

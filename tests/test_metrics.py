@@ -64,6 +64,22 @@ def test_random_attribution_sits_at_the_random_expectation():
     assert abs(mean - expected) < 0.05
 
 
+def test_curves_with_given_probabilities_and_bad_arguments():
+    images, maps = _images(5), M.random_attribution(jax.random.PRNGKey(3), 5)
+    targets = np.zeros(5, np.int32)
+    probs = np.asarray(jax.nn.softmax(one_pixel_logits({}, images)))
+    out = M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=6, chunk=2)
+    given = M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=6, chunk=2, probs=probs)
+    for kind in out:
+        np.testing.assert_allclose(given[kind], out[kind], rtol=1e-6)
+    assert out["deletion_curve"].shape == (5, 7)
+    np.testing.assert_allclose(out["insertion_curve"][:, 0], 0.1, rtol=1e-6)  # a black image: uniform
+    with pytest.raises(ValueError, match="expected as many maps and targets as images"):
+        M.deletion_insertion(one_pixel_logits, {}, images, maps[:4], targets)
+    with pytest.raises(ValueError, match="steps: expected an integer >= 2, got 1"):
+        M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=1)
+
+
 def test_randomization_test_of_a_model_against_itself_is_one():
     params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
     images = _images(4)

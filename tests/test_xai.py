@@ -126,8 +126,16 @@ def test_integrated_gradients_exact_on_linear_model():
 
 def test_integrated_gradients_completeness_random_cnn(cnn, digits):
     params, batch_stats, model = cnn
-    gap, delta = X.IntegratedGradients(model).completeness_gap(params, batch_stats, digits)
+    ig = X.IntegratedGradients(model)
+    gap, delta = ig.completeness_gap(params, batch_stats, digits)
     assert np.all(np.abs(gap) <= 0.01 * np.abs(delta) + 1e-4)
+    # Maps already at hand give the same answer without a second IG pass.
+    maps = ig.attribute(params, batch_stats, digits)
+    gap2, delta2 = ig.completeness_gap(params, batch_stats, digits, maps=maps)
+    np.testing.assert_allclose(gap2, gap, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(delta2, delta, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"maps: expected shape \(3, 28, 28\), got \(2, 28, 28\)"):
+        ig.completeness_gap(params, batch_stats, digits, maps=maps[:2])
 
 
 ALL_METHODS = list(X.METHODS)
@@ -267,6 +275,11 @@ for name in X.METHODS:
     e = X.make_explainer(name, model, chunk_size=2)  # 3 images: two chunks, the last padded
     out[name] = e.attribute(params, batch_stats, x, [2, 5, 7])
     out[name + "/one"] = e.attribute(params, batch_stats, x[0], [2])  # one image, padded to 2
+import mnist_xai_metrics as M
+apply_fn = jax.jit(model.apply)
+curves = M.deletion_insertion(apply_fn, {"params": params, "batch_stats": batch_stats}, x, out["saliency"],
+                              np.array([2, 5, 7]), steps=8, chunk=2)
+out["deletion_curve"], out["insertion_curve"] = curves["deletion_curve"], curves["insertion_curve"]
 np.savez(sys.argv[2], **out)
 """
 
@@ -288,3 +301,9 @@ def test_two_devices_give_the_same_maps_as_one(cnn, digits, tmp_path):
         np.testing.assert_allclose(two[name + "/one"][0], two[name][0], rtol=1e-4,
                                    atol=1e-6 * max(np.abs(one[0]).max(), np.abs(logits[0]).max()),
                                    err_msg=name)
+    # The deletion/insertion curves split their chunks over the devices too.
+    import mnist_xai_metrics as M
+    curves = M.deletion_insertion(jax.jit(model.apply), {"params": params, "batch_stats": batch_stats}, digits,
+                                  two["saliency"], np.array([2, 5, 7]), steps=8)
+    for kind in ("deletion_curve", "insertion_curve"):
+        np.testing.assert_allclose(two[kind], curves[kind], rtol=1e-4, atol=1e-6, err_msg=kind)
