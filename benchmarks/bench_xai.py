@@ -34,9 +34,19 @@ What is compared
 
   Captum runs in batches of ``--batch-size`` (default 100). The internal batch sizes above
   put about 1,000 images through each forward pass, as our chunking does.
-  pytorch-grad-cam (the usual GradCAM++/ScoreCAM reference) is not benchmarked: it needs
-  torchvision, and on the machine this was written on only a 5.5 GB CUDA torch 2.14.1 +
-  torchvision pair would install beside it, so those two rows have no counterpart.
+* pytorch-grad-cam (``pip install grad-cam``; the usual GradCAM++ / Score-CAM reference),
+  where it imports, on the same torch model, target layer ``features[-1]`` (the last conv
+  block's ReLU), ``ClassifierOutputTarget`` (the logit) for the predicted class:
+
+    gradcam, gradcam++    GradCAM / GradCAMPlusPlus, batches of ``--batch-size``
+    scorecam              ScoreCAM with batch_size=32 masked images per forward pass (its
+                          fastest here: 9.4, 11.6, 8.7, 7.4 maps/s at 16 (its default), 32,
+                          64, 128), timed like the slow Captum methods; its tqdm bars muted
+
+  It needs torchvision, which on the machine this was written on installs only as the CUDA
+  pair ``torch==2.14.1 torchvision==0.29.1`` (5.5 GB, CPU use is fine), so its rows come from
+  a separate venv (see README_MNIST_XAI.md). Its maps are min-max scaled per image and
+  resized with OpenCV, so only the r column compares them with ours.
 
 Timing
 ------
@@ -47,9 +57,10 @@ most ``chunk_size`` images as one compiled call of exactly that shape and pads l
 batches to whole chunks, so this warm-up compiles the very shape(s) the timed run uses
 (for N <= chunk_size that is the same N images) and compilation is excluded. Captum's
 warm-up is one call on a small batch (up to 16 images); PyTorch has nothing to compile.
-The slow Captum methods (integrated_gradients, smoothgrad, occlusion; ~10-40 maps/s on a
-2-core CPU) are timed on the first ``--captum-max-images`` images only (default 200); the
-table says how many images each side timed.
+The slow reference methods (Captum's integrated_gradients, smoothgrad, occlusion and
+pytorch-grad-cam's scorecam; ~10-40 maps/s on a 2-core CPU) are timed on the first
+``--captum-max-images`` images only (default 200); the table says how many images each
+side timed.
 
 Agreement columns: on the images both sides explained, Pearson r between the two maps
 (mean over images) and max |ours - Captum| / max |ours|. SmoothGrad's noise draws differ
@@ -71,7 +82,10 @@ times the same but explains nothing meaningful.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -96,8 +110,9 @@ from mnist_checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from mnist_cnn_model import MNIST_MEAN, MNIST_STD, initialize_model  # noqa: E402
 from mnist_data import load_sample_digits, load_test_split, resolve_data_dir  # noqa: E402
 
-SLOW_CAPTUM = ("integrated_gradients", "smoothgrad", "occlusion")
+SLOW_CAPTUM = ("integrated_gradients", "smoothgrad", "occlusion", "scorecam")
 NO_COUNTERPART = ("gradcam++", "scorecam")
+GRAD_CAM_LIB = ("gradcam", "gradcam++", "scorecam")  # methods pytorch-grad-cam has
 LOGIT_TOLERANCE = 1e-3
 CAPTUM_WARMUP_IMAGES = 16
 
@@ -119,7 +134,8 @@ def parse_args(argv=None):
                    help="torch.set_num_threads (default os.cpu_count())")
     p.add_argument("--batch-size", type=int, default=100, help="Captum batch size (default 100)")
     p.add_argument("--captum-max-images", type=int, default=200,
-                   help=f"time the slow Captum methods ({', '.join(SLOW_CAPTUM)}) on at most this many images (default 200)")
+                   help=f"time the slow reference methods ({', '.join(SLOW_CAPTUM)}) on at most this many images "
+                        "(default 200)")
     p.add_argument("--occlusion-per-eval", type=int, default=10,
                    help="Captum Occlusion perturbations_per_eval (default 10: ~1000 images per forward at batch 100)")
     p.add_argument("--tie-splitting-pool", action="store_true",
@@ -269,7 +285,23 @@ def captum_runner(name, net, args):
     raise KeyError(name)
 
 
-def run_captum(run, net, images, batch_size):
+def grad_cam_lib_runner(name, net):
+    """pytorch-grad-cam's counterpart: (x, target) -> maps (B, 28, 28) numpy, and its parameters."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "scorecam": pgc.ScoreCAM}[name]
+    cam = cls(model=net, target_layers=[net.features[-1]])
+    if name == "scorecam":
+        cam.batch_size = 32  # masked images per forward pass (see the module docstring)
+
+    def run(x, t):
+        with contextlib.redirect_stderr(io.StringIO()):  # ScoreCAM draws a tqdm bar per image
+            return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in t])
+    return run, f"{cls.__name__}(features[-1])" + (", batch_size=32" if name == "scorecam" else "")
+
+
+def run_torch_method(run, net, images, batch_size):
     """Explain each image's predicted class (torch's own forward pass) in batches; (N, 28, 28) numpy."""
     import torch
 
@@ -279,8 +311,18 @@ def run_captum(run, net, images, batch_size):
         x = x_all[start:start + batch_size]
         with torch.no_grad():
             target = net(x).argmax(1)
-        out.append(run(x, target).detach().reshape(len(x), 28, 28).numpy())
+        maps = run(x, target)
+        maps = maps.detach().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+        out.append(maps.reshape(len(x), 28, 28))
     return np.concatenate(out)
+
+
+def time_reference(run, net, images, batch_size):
+    """Untimed warm-up on a few images, then (maps, seconds) for all of ``images``."""
+    run_torch_method(run, net, images[:CAPTUM_WARMUP_IMAGES], batch_size)
+    t0 = time.perf_counter()
+    maps = run_torch_method(run, net, images, batch_size)
+    return maps, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- timing and table
@@ -317,17 +359,26 @@ def fmt_rate(x):
 
 
 def markdown_table(rows):
+    with_lib = any(r.get("pgc_maps_per_s") is not None for r in rows)
     head = ["method", "ours maps/s", "Captum maps/s", "ours/Captum", "images (ours / Captum)",
             "ours: parameters", "Captum: parameters", "r(maps)", "max rel diff"]
+    if with_lib:
+        head += ["pytorch-grad-cam maps/s (images)", "ours/pgc", "r(maps) pgc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    ratio = lambda a, b: "—" if b is None else f"{a / b:.1f}x"  # noqa: E731
     for r in rows:
-        ratio = "—" if r["captum_maps_per_s"] is None else f"{r['ours_maps_per_s'] / r['captum_maps_per_s']:.1f}x"
         imgs = f"{r['ours_images']} / {r['captum_images'] if r['captum_images'] else '—'}"
-        lines.append("| " + " | ".join([
-            r["method"], fmt_rate(r["ours_maps_per_s"]), fmt_rate(r["captum_maps_per_s"]), ratio, imgs,
-            r["ours_parameters"], r["captum_parameters"] or "—",
-            "—" if r["pearson_r"] is None else f"{r['pearson_r']:.4f}",
-            "—" if r["max_rel_diff"] is None else f"{r['max_rel_diff']:.1e}"]) + " |")
+        cells = [r["method"], fmt_rate(r["ours_maps_per_s"]), fmt_rate(r["captum_maps_per_s"]),
+                 ratio(r["ours_maps_per_s"], r["captum_maps_per_s"]), imgs,
+                 r["ours_parameters"], r["captum_parameters"] or "—",
+                 "—" if r["pearson_r"] is None else f"{r['pearson_r']:.4f}",
+                 "—" if r["max_rel_diff"] is None else f"{r['max_rel_diff']:.1e}"]
+        if with_lib:
+            rate = r.get("pgc_maps_per_s")
+            cells += ["—" if rate is None else f"{fmt_rate(rate)} ({r['pgc_images']})",
+                      ratio(r["ours_maps_per_s"], rate),
+                      "—" if r.get("pgc_pearson_r") is None else f"{r['pgc_pearson_r']:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -347,6 +398,12 @@ def main(argv=None):
             import torch
         except ImportError as e:
             captum_note = f"not run: {e} (pip install -r requirements-bench.txt)"
+    grad_cam_lib, lib_note = None, None
+    if torch is not None:
+        try:
+            import pytorch_grad_cam as grad_cam_lib
+        except ImportError as e:
+            lib_note = f"not run: {e} (needs torchvision; see README_MNIST_XAI.md)"
     if torch is not None:
         torch.set_num_threads(args.torch_threads)
         torch.manual_seed(0)  # NoiseTunnel's noise: reproducible runs
@@ -361,6 +418,7 @@ def main(argv=None):
         "jax": jax.__version__,
         "torch": getattr(torch, "__version__", None),
         "captum": getattr(captum, "__version__", None),
+        "pytorch_grad_cam": importlib.metadata.version("grad-cam") if grad_cam_lib else None,
         "torch_threads": args.torch_threads if torch is not None else None,
         "python": platform.python_version(),
         "images": source,
@@ -371,12 +429,14 @@ def main(argv=None):
         "tie_splitting_pool": args.tie_splitting_pool,
     }
     print("# XAI throughput: ours (JAX/Flax) vs Captum (PyTorch), same CNN, CPU\n")
-    for k in ("date", "processor", "cpu_count", "jax_devices", "jax", "torch", "captum", "torch_threads", "python",
-              "images", "weights"):
+    for k in ("date", "processor", "cpu_count", "jax_devices", "jax", "torch", "captum", "pytorch_grad_cam",
+              "torch_threads", "python", "images", "weights"):
         print(f"- {k}: {info[k]}")
     if captum_note:
         print(f"- Captum: {captum_note}")
-    print(f"- Captum batch size {args.batch_size}; slow Captum methods ({', '.join(SLOW_CAPTUM)}) "
+    if lib_note:
+        print(f"- pytorch-grad-cam: {lib_note}")
+    print(f"- Captum batch size {args.batch_size}; slow reference methods ({', '.join(SLOW_CAPTUM)}) "
           f"timed on at most {args.captum_max_images} images")
     if torch is not None:
         print("- torch pooling: " + ("reshape + amax (gradient split between tied maxima, as in JAX)"
@@ -385,7 +445,8 @@ def main(argv=None):
           f"Captum one batch of {CAPTUM_WARMUP_IMAGES}\n", flush=True)
 
     variables = {"params": params, "batch_stats": batch_stats}
-    jax_logits = np.asarray(jax.jit(model.apply)(variables, images))
+    forward = jax.jit(model.apply)
+    (jax_logits,) = xai.in_chunks(lambda x: (forward(variables, x),), (images,), 1000)  # bounded memory
 
     net = None
     if torch is not None:
@@ -416,24 +477,29 @@ def main(argv=None):
                "ours_warmup_images": warm, "ours_parameters": our_parameters(explainer),
                "captum_images": None, "captum_seconds": None, "captum_maps_per_s": None,
                "captum_parameters": None, "pearson_r": None, "max_rel_diff": None}
+        m = min(n, args.captum_max_images) if name in SLOW_CAPTUM else n
         if net is not None and name not in NO_COUNTERPART:
             run, row["captum_parameters"] = captum_runner(name, net, args)
-            m = min(n, args.captum_max_images) if name in SLOW_CAPTUM else n
-            run_captum(run, net, images[:min(m, CAPTUM_WARMUP_IMAGES)], args.batch_size)
-            t0 = time.perf_counter()
-            theirs = run_captum(run, net, images[:m], args.batch_size)
-            cap_s = time.perf_counter() - t0
+            theirs, cap_s = time_reference(run, net, images[:m], args.batch_size)
             row.update(captum_images=m, captum_seconds=cap_s, captum_maps_per_s=m / cap_s)
             row["pearson_r"], row["max_rel_diff"] = agreement(ours[:m], theirs)
+        if net is not None and grad_cam_lib is not None and name in GRAD_CAM_LIB:
+            run, row["pgc_parameters"] = grad_cam_lib_runner(name, net)
+            theirs, lib_s = time_reference(run, net, images[:m], args.batch_size)
+            row.update(pgc_images=m, pgc_seconds=lib_s, pgc_maps_per_s=m / lib_s,
+                       pgc_pearson_r=agreement(ours[:m], theirs)[0])
         rows.append(row)
         cap = "" if row["captum_maps_per_s"] is None else f", Captum {fmt_rate(row['captum_maps_per_s'])} maps/s"
+        if row.get("pgc_maps_per_s") is not None:
+            cap += f", pytorch-grad-cam {fmt_rate(row['pgc_maps_per_s'])} maps/s"
         print(f"  {name}: ours {fmt_rate(row['ours_maps_per_s'])} maps/s{cap}", file=sys.stderr, flush=True)
 
     print(markdown_table(rows))
     preds_t = None
     if net is not None:
         with torch.no_grad():
-            preds_t = net(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))).argmax(1).numpy()
+            preds_t = np.concatenate([net(torch.from_numpy(np.ascontiguousarray(images[i:i + 1000].transpose(0, 3, 1, 2))))
+                                      .argmax(1).numpy() for i in range(0, n, 1000)])
         same = int((preds_t == jax_logits.argmax(1)).sum())
         print(f"\nPredicted classes agree (torch vs JAX) on {same}/{n} images.")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
