@@ -67,7 +67,8 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
         }
         if name in methods:
             explainer = X.make_explainer(name, model)
-            cascade = M.randomization_test(explainer, params, batch_stats, fresh, images[sub], targets[sub], key=key)
+            cascade = M.randomization_test(explainer, params, batch_stats, fresh, images[sub], targets[sub], key=key,
+                                           maps=maps[sub])
             row["randomization"] = cascade
             row["randomization_passes"] = bool(cascade[-1][1] < PASS_CORRELATION)
         if name == "integrated_gradients":

@@ -167,10 +167,13 @@ def randomized_params(params, fresh_params, layers: list[str]):
     return out
 
 
-def randomization_test(explainer, params, batch_stats, fresh_params, images, targets, key=None):
+def randomization_test(explainer, params, batch_stats, fresh_params, images, targets, key=None, maps=None):
     """Cascading model-parameter randomisation. Returns [(layers randomised so far, mean
-    Spearman correlation of |map| with the trained model's |map|)], top layer first."""
-    base = np.abs(explainer.attribute(params, batch_stats, images, targets, key=key))
+    Spearman correlation of |map| with the trained model's |map|)], top layer first.
+    ``maps``: the trained model's maps of ``images`` when already computed (same targets and key)."""
+    if maps is None:
+        maps = explainer.attribute(params, batch_stats, images, targets, key=key)
+    base = np.abs(np.asarray(maps).reshape(len(images), 28, 28))
     results, done = [], []
     for layer in cascading_layers(params):
         done.append(layer)

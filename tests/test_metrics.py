@@ -93,6 +93,10 @@ def test_randomization_changes_maps_for_a_different_model():
     fresh, _, _ = initialize_model(jax.random.PRNGKey(1))
     result = M.randomization_test(X.Saliency(model), params, batch_stats, fresh, _images(4), None)
     assert result[-1][1] < 0.5
+    # The trained model's maps, when already at hand, are not recomputed: same answer.
+    maps = X.Saliency(model).attribute(params, batch_stats, _images(4))
+    given = M.randomization_test(X.Saliency(model), params, batch_stats, fresh, _images(4), None, maps=maps)
+    np.testing.assert_allclose([rho for _, rho in given], [rho for _, rho in result], rtol=1e-9)
 
 
 def test_ink_share_of_the_ink_itself_is_one():
