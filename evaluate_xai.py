@@ -157,10 +157,10 @@ def main(argv=None) -> int:
     unknown = [m for m in methods if m not in X.METHODS]
     if unknown or not methods:
         parser.error(f"--methods: expected names from {', '.join(X.METHODS)}, got {', '.join(unknown) or 'none'}")
-    for flag, value in (("--num-images", args.num_images), ("--steps", args.steps),
-                        ("--randomization-images", args.randomization_images)):
-        if value < 1:
-            parser.error(f"{flag}: expected a positive integer, got {value}")
+    for flag, value, least in (("--num-images", args.num_images, 1), ("--steps", args.steps, 2),
+                               ("--randomization-images", args.randomization_images, 1)):
+        if value < least:
+            parser.error(f"{flag}: expected an integer >= {least}, got {value}")
 
     import datetime
     import platform

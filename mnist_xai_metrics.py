@@ -98,6 +98,8 @@ def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 
                          f"got {n} images, {len(maps)} maps and {len(targets)} targets")
     if int(steps) < 2:
         raise ValueError(f"steps: expected an integer >= 2, got {steps}")
+    if int(chunk) < 1:
+        raise ValueError(f"chunk: expected a positive integer, got {chunk}")
     if probs is None:
         forward = jax.jit(apply_fn)
         probs = np.concatenate([np.asarray(jax.nn.softmax(forward(variables, images[i:i + 1000])))

@@ -78,6 +78,8 @@ def test_curves_with_given_probabilities_and_bad_arguments():
         M.deletion_insertion(one_pixel_logits, {}, images, maps[:4], targets)
     with pytest.raises(ValueError, match="steps: expected an integer >= 2, got 1"):
         M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=1)
+    with pytest.raises(ValueError, match="chunk: expected a positive integer, got 0"):
+        M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, chunk=0)
 
 
 def test_randomization_test_of_a_model_against_itself_is_one():
@@ -130,7 +132,8 @@ def _run(*args):
 @pytest.mark.parametrize("args, message", [
     (["--methods", "gradcam,lime"], "--methods: expected names from gradcam"),
     (["--num-images", "201"], "--num-images 201 is more than the 200 test digits available"),
-    (["--num-images", "0"], "--num-images: expected a positive integer, got 0"),
+    (["--num-images", "0"], "--num-images: expected an integer >= 1, got 0"),
+    (["--steps", "1"], "--steps: expected an integer >= 2, got 1"),
 ])
 def test_cli_bad_input_exit_2_and_keeps_previous_results(args, message, tmp_path):
     out = tmp_path / "eval"
