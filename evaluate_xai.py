@@ -34,8 +34,7 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
 
     variables = {"params": params, "batch_stats": batch_stats}
     apply_fn = jax.jit(lambda v, x: model.apply(v, x))
-    logits = np.concatenate([np.asarray(apply_fn(variables, images[i:i + 1000]))
-                             for i in range(0, len(images), 1000)])
+    (logits,) = X.in_chunks(lambda x: (apply_fn(variables, x),), (images,), 1000)
     targets = logits.argmax(-1).astype(np.int32)  # explain the predicted class
     probs = np.asarray(jax.nn.softmax(logits))
     key = jax.random.PRNGKey(seed)

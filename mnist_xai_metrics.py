@@ -101,9 +101,8 @@ def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 
     if int(chunk) < 1:
         raise ValueError(f"chunk: expected a positive integer, got {chunk}")
     if probs is None:
-        forward = jax.jit(apply_fn)
-        probs = np.concatenate([np.asarray(jax.nn.softmax(forward(variables, images[i:i + 1000])))
-                                for i in range(0, n, 1000)])
+        forward = jax.jit(lambda v, x: jax.nn.softmax(apply_fn(v, x)))
+        (probs,) = in_chunks(lambda x: (forward(variables, x),), (images,), 1000)
     original = np.asarray(probs)[np.arange(n), targets]
     black = np.asarray(jax.nn.softmax(apply_fn(variables, np.zeros((1, 28, 28, 1), np.float32))))[0, targets]
     fn, devices = _compiled_curves(apply_fn, int(steps))
