@@ -153,13 +153,39 @@ class MNISTCNN(nn.Module):
         self.dropout = nn.Dropout(self.dropout_rate)
         self.dense2 = nn.Dense(self.num_classes, dtype=self.dtype, name="dense2")
 
+    def segments(self) -> list[tuple[tuple[int, ...], bool]]:
+        """The conv layers by block: ``[(layer indices, max-pooled after the block?), ...]``."""
+        last = len(self.widths) - 1
+        return [((2 * b, 2 * b + 1), b < last) for b in range(len(self.widths))]
+
+    def stem(self, images: jax.Array) -> jax.Array:
+        """Images in [0, 1] -> the standardised input of the first conv layer."""
+        return (images.astype(self.dtype) - MNIST_MEAN) / MNIST_STD
+
+    def conv_block(self, k: int, x: jax.Array, train: bool = False, padding: str = "SAME") -> jax.Array:
+        """Conv layer ``k`` -> BatchNorm -> ReLU.
+
+        ``padding="VALID"`` (inference only) drops the zero border: a crop of h x w gives
+        (h-2) x (w-2) values, equal to the SAME layer's on the crop's interior. Incremental
+        occlusion uses it to recompute only the region a patch changes.
+        """
+        if padding == "SAME":
+            y = self.convs[k](x)
+        elif padding == "VALID":
+            p = self.convs[k].variables["params"]
+            y = lax.conv_general_dilated(x.astype(self.dtype), p["kernel"].astype(self.dtype), (1, 1), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"].astype(self.dtype)
+        else:
+            raise ValueError(f"padding: expected 'SAME' or 'VALID', got {padding!r}")
+        return nn.relu(self.norms[k](y, use_running_average=not train))
+
     def features(self, images: jax.Array, train: bool = False) -> jax.Array:
         """Images (N, 28, 28, 1) in [0, 1] -> last conv block's feature map (N, 7, 7, 128)."""
-        x = (images.astype(self.dtype) - MNIST_MEAN) / MNIST_STD
-        last_block = len(self.widths) - 1
-        for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            x = nn.relu(norm(conv(x), use_running_average=not train))
-            if k % 2 == 1 and k // 2 < last_block:  # pool after blocks 1 and 2 only
+        x = self.stem(images)
+        for layers, pooled in self.segments():
+            for k in layers:
+                x = self.conv_block(k, x, train)
+            if pooled:
                 x = max_pool_2x2(x)
         return x
 

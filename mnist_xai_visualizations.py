@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from mnist_cnn_model import max_pool_2x2
+
 NUM_CLASSES = 10
 IMAGE_HW = (28, 28)
 
@@ -516,38 +518,170 @@ class SmoothGrad(Explainer):
         return (jnp.abs(grads) if self.absolute else grads).mean(0), logits
 
 
+def occlusion_plan(starts: Sequence[int], patch: int, segments, size: int = 28) -> list[dict]:
+    """Crop plan for incremental occlusion (one axis; rows and columns share it).
+
+    A ``patch``-wide window at each of ``starts`` changes only nearby activations of the
+    first conv blocks. For each leading block that ends in a 2x2 max-pool, while a crop is
+    cheaper than the whole map: ``start`` and ``crop`` (per window start, in the block's input
+    coordinates) bound the input rows that block needs, and ``out``/``out_size`` the pooled
+    rows it recomputes, which cover every row the window can change. Crops start on even rows
+    so that they pool like the whole map. Returns one dict per incremental block (empty: no
+    saving, compute every occluded image in full).
+    """
+    a = np.asarray(starts, np.int64)
+    b = a + patch
+    plan = []
+    for layers, pooled in segments:
+        c = len(layers)
+        if not pooled or size % 2:
+            break
+        lo, hi = np.maximum(a - c, 0), np.minimum(b + c, size)  # rows the block's convs change
+        out = lo // 2
+        out_size = int((-(-hi // 2) - out).max())
+        start, crop = 2 * out - c, 2 * out_size + 2 * c
+        if sum((crop - 2 * (j + 1)) ** 2 for j in range(c)) >= c * size ** 2:
+            break  # the crops would cost as much as the whole map
+        if plan and ((plan[-1]["out"] < start).any() or (plan[-1]["out"] + plan[-1]["out_size"] > start + crop).any()):
+            break  # the previous block's rows must fit inside this crop
+        plan.append(dict(start=start, crop=crop, size=size, out=out, out_size=out_size))
+        a, b, size = out, out + out_size, size // 2
+    return plan
+
+
+def _margin(first: np.ndarray, length: int, size: int) -> int:
+    """Zero padding a map of ``size`` rows needs so that rows ``first .. first+length`` exist."""
+    return int(max(-first.min(), (first + length).max() - size, 0))
+
+
+def _incremental_occlusion_logits(module, images, baseline: float, starts, patch: int, plan):
+    """Logits of every occluded copy of ``images``, (N, W, classes), recomputing only what changes.
+
+    Incremental inference (Nakandala et al., "Incremental and Approximate Inference for Faster
+    Occlusion-based Deep CNN Explanations", SIGMOD 2019): the activations of the unoccluded
+    image are computed once; for each window, the blocks in ``plan`` run without padding on
+    a crop around the window (activations outside the image set to zero, exactly as SAME
+    padding sees them) and their pooled output is pasted into the unoccluded activations;
+    the remaining blocks and the head run in full. Equal to occluding and running the whole
+    network, to float rounding.
+    """
+    n = images.shape[0]
+    r = len(starts)
+    wr, wc = np.repeat(np.arange(r), r), np.tile(np.arange(r), r)  # window -> (row, column) start
+    nw = r * r
+    segments = module.segments()
+
+    def window_mask(first, length, size):  # (1, W, length, length, 1): inside the map?
+        rows = first[:, None] + np.arange(length)
+        inside = (rows >= 0) & (rows < size)
+        return jnp.asarray(inside[wr][:, :, None] & inside[wc][:, None, :])[None, ..., None]
+
+    def crops_of(maps, first, length, margin):  # (N, H, W, C) -> (N, W, length, length, C)
+        padded = jnp.pad(maps, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
+        crop = lambda m, i, j: jax.lax.dynamic_slice(m, (i, j, 0), (length, length, m.shape[-1]))
+        return jax.vmap(jax.vmap(crop, (None, 0, 0)), (0, None, None))(
+            padded, jnp.asarray(first[wr] + margin), jnp.asarray(first[wc] + margin))
+
+    paste = jax.vmap(jax.vmap(lambda m, blk, i, j: jax.lax.dynamic_update_slice(m, blk, (i, j, 0)),
+                              (0, 0, 0, 0)), (0, 0, None, None))
+
+    # The unoccluded activations entering each incremental block and the first full one.
+    levels = [module.stem(images)]
+    for layers, _ in segments[:len(plan)]:
+        h = levels[-1]
+        for k in layers:
+            h = module.conv_block(k, h)
+        levels.append(max_pool_2x2(h))
+
+    block = None
+    for i, (seg, (layers, _)) in enumerate(zip(plan, segments)):
+        first, length, size = seg["start"], seg["crop"], seg["size"]
+        h = crops_of(levels[i], first, length, _margin(first, length, size))
+        if i == 0:  # put the occluding patch in, in the stem's (standardised) units
+            rows = first[:, None] + np.arange(length)
+            hit = (rows >= np.asarray(starts)[:, None]) & (rows < np.asarray(starts)[:, None] + patch)
+            occluded = jnp.asarray(hit[wr][:, :, None] & hit[wc][:, None, :])[None, ..., None]
+            h = jnp.where(occluded, module.stem(jnp.asarray(baseline, jnp.float32)), h)
+        else:  # the previous block's recomputed rows replace the unoccluded ones
+            prev = plan[i - 1]
+            rel = prev["out"] - first
+            h = paste(h, block, jnp.asarray(rel[wr]), jnp.asarray(rel[wc]))
+        h = h.reshape(n * nw, *h.shape[2:])
+        for j, k in enumerate(layers):
+            h = module.conv_block(k, h, padding="VALID")
+            if j < len(layers) - 1:  # the next conv's SAME padding sees zeros outside the map
+                side = length - 2 * (j + 1)
+                h = (h.reshape(n, nw, side, side, -1) * window_mask(first + j + 1, side, size)).reshape(h.shape)
+        h = max_pool_2x2(h)
+        block = h.reshape(n, nw, *h.shape[1:]) * window_mask(seg["out"], seg["out_size"], size // 2)
+
+    full = levels[len(plan)]
+    if plan:
+        last = plan[-1]
+        margin = _margin(last["out"], last["out_size"], full.shape[1])
+        canvas = jnp.pad(full, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
+        canvas = jnp.broadcast_to(canvas[:, None], (n, nw, *canvas.shape[1:]))
+        canvas = paste(canvas, block, jnp.asarray(last["out"][wr] + margin), jnp.asarray(last["out"][wc] + margin))
+        h = canvas[:, :, margin:margin + full.shape[1], margin:margin + full.shape[2]]
+        h = h.reshape(n * nw, *h.shape[2:])
+    else:
+        h = jnp.broadcast_to(full[:, None], (n, nw, *full.shape[1:])).reshape(n * nw, *full.shape[1:])
+    for layers, pooled in segments[len(plan):]:
+        for k in layers:
+            h = module.conv_block(k, h)
+        if pooled:
+            h = max_pool_2x2(h)
+    return module.head(h).reshape(n, nw, -1)
+
+
 class Occlusion(Explainer):
     """Occlusion (Zeiler & Fergus, ECCV 2014, arXiv:1311.2901), sec. 4.2, as in Captum.
 
     A ``patch`` x ``patch`` square of ``baseline`` slides with ``stride``; each pixel gets the
     mean drop of the target logit over the windows that cover it. Forward passes only.
+
+    With ``MNISTCNN`` (any module with ``segments``, ``stem`` and ``conv_block``) the
+    occluded forward passes are incremental (``_incremental_occlusion_logits``): only the
+    activations a window can change are recomputed, about 1.7x fewer operations for the
+    default 4x4 patch, same maps to float rounding. ``incremental=False`` runs every
+    occluded image through the whole network.
     """
 
     signed = True
     chunk_size = 8
 
     def __init__(self, model, patch: int = 4, stride: int = 2, baseline: float = 0.0,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, incremental: bool = True):
         if not (1 <= int(patch) <= 28 and 1 <= int(stride) <= 28):
             raise ValueError(f"patch and stride: expected integers in 1-28, got {patch} and {stride}")
         self.patch, self.stride, self.baseline = int(patch), int(stride), float(baseline)
         starts = list(range(0, 28 - self.patch + 1, self.stride))
         if starts[-1] != 28 - self.patch:
             starts.append(28 - self.patch)  # cover the last rows/columns too
+        self.starts = starts
         masks = np.zeros((len(starts) ** 2, 28, 28), np.float32)
         for k, (i, j) in enumerate((i, j) for i in starts for j in starts):
             masks[k, i:i + self.patch, j:j + self.patch] = 1
         self.masks = masks  # (W, 28, 28), 1 inside the occluding window
         self.coverage = masks.sum(0)
+        can = incremental and all(callable(getattr(model, m, None)) for m in ("segments", "stem", "conv_block"))
+        self.plan = occlusion_plan(starts, self.patch, model.segments()) if can else []
         super().__init__(model, chunk_size)
 
-    def _maps(self, variables, images, targets, key):
+    def occluded_logits(self, variables, images):
+        """Logits of each image with each window occluded, (N, W, classes)."""
+        if self.plan:
+            return self.model.apply(variables, images, self.baseline, self.starts, self.patch, self.plan,
+                                    method=_incremental_occlusion_logits)
         n, w = images.shape[0], len(self.masks)
-        logits = self.logits(variables, images)
-        t = _resolve_targets(logits, targets)
         m = jnp.asarray(self.masks)[None, :, :, :, None]  # (1, W, 28, 28, 1)
         occluded = images[:, None] * (1 - m) + self.baseline * m  # (N, W, 28, 28, 1)
-        out = self.logits(variables, occluded.reshape(n * w, 28, 28, 1)).reshape(n, w, -1)
+        return self.logits(variables, occluded.reshape(n * w, 28, 28, 1)).reshape(n, w, -1)
+
+    def _maps(self, variables, images, targets, key):
+        logits = self.logits(variables, images)
+        t = _resolve_targets(logits, targets)
+        out = self.occluded_logits(variables, images)
         drop = jnp.take_along_axis(logits, t[:, None], 1) - jnp.take_along_axis(out, t[:, None, None], 2)[..., 0]
         maps = jnp.einsum("nw,whk->nhk", drop, jnp.asarray(self.masks)) / jnp.asarray(self.coverage)
         return maps, logits

@@ -34,6 +34,22 @@ def test_exact_parameter_count_and_shapes():
                                model.apply(variables, x), rtol=1e-6)
 
 
+
+def test_valid_conv_block_is_the_same_block_on_the_interior():
+    """conv_block(padding="VALID") on a crop equals the SAME block's output inside the crop;
+    features() is the blocks and pools of segments() in order."""
+    params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+    variables = {"params": params, "batch_stats": batch_stats}
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, 28, 28, 1))
+    stem = model.apply(variables, x, method=MNISTCNN.stem)
+    same = model.apply(variables, 0, stem, method=MNISTCNN.conv_block)
+    valid = model.apply(variables, 0, stem[:, 4:16, 6:20], padding="VALID", method=MNISTCNN.conv_block)
+    np.testing.assert_allclose(valid, same[:, 5:15, 7:19], rtol=1e-6, atol=1e-6)
+    assert model.segments() == [((0, 1), True), ((2, 3), True), ((4, 5), False)]
+    with pytest.raises(ValueError, match="expected 'SAME' or 'VALID', got 'FULL'"):
+        model.apply(variables, 0, stem, padding="FULL", method=MNISTCNN.conv_block)
+
+
 def _xla_conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

@@ -260,6 +260,49 @@ def test_integrated_gradients_completeness_on_real_digits_with_shipped_checkpoin
 
 
 
+
+@pytest.fixture(scope="module")
+def shipped():
+    from mnist_checkpoint import load_checkpoint
+    from mnist_data import load_sample_digits
+    params, batch_stats, model, _ = load_checkpoint()  # pretrained/
+    return params, batch_stats, model, load_sample_digits().images[::25].astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("patch, stride", [(4, 2), (3, 1), (5, 3), (1, 1), (7, 7), (14, 14), (28, 1)])
+def test_incremental_occlusion_equals_occluding_the_whole_image(patch, stride, shipped):
+    """Recomputing only what a window changes gives the logits of the whole occluded image:
+    border windows, odd strides (the last window is appended off the grid), one pixel, large
+    patches; a 28x28 patch leaves nothing to save and runs in full."""
+    params, batch_stats, model, x = shipped  # 8 real digits, trained BatchNorm statistics
+    variables = {"params": params, "batch_stats": batch_stats}
+    fast = X.Occlusion(model, patch, stride)
+    full = X.Occlusion(model, patch, stride, incremental=False)
+    assert full.plan == [] and (fast.plan == []) == (patch == 28)
+    got = np.asarray(fast.occluded_logits(variables, x))
+    want = np.asarray(full.occluded_logits(variables, x))
+    assert got.shape == want.shape == (8, len(fast.masks), 10)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
+    np.testing.assert_allclose(fast.attribute(params, batch_stats, x), full.attribute(params, batch_stats, x),
+                               rtol=0, atol=2e-6 * np.abs(want).max())
+
+
+def test_occlusion_plan_covers_every_changed_row():
+    """Each window's recomputed pooled rows include every row its patch can reach through
+    the block's two 3x3 convs, and the crops are smaller than the maps they replace."""
+    for patch, stride in [(4, 2), (3, 1), (5, 3), (6, 4)]:
+        starts = X.Occlusion(LinearNet(), patch, stride).starts
+        plan = X.occlusion_plan(starts, patch, [((0, 1), True), ((2, 3), True), ((4, 5), False)])
+        assert [p["size"] for p in plan] == [28, 14]
+        lo, hi = np.asarray(starts), np.asarray(starts) + patch
+        for p in plan:
+            lo, hi = np.maximum(lo - 2, 0) // 2, (np.minimum(hi + 2, p["size"]) + 1) // 2  # changed pooled rows
+            assert (p["out"] <= lo).all() and (hi <= p["out"] + p["out_size"]).all()
+            assert p["crop"] == 2 * p["out_size"] + 4 and (p["start"] % 2 == 0).all()
+            assert p["crop"] <= p["size"]
+    assert X.occlusion_plan([0], 28, [((0, 1), True)]) == []  # nothing to save
+
+
 _TWO_DEVICE_SCRIPT = r"""
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
