@@ -175,8 +175,11 @@ def test_chunking_matches_single_call(cnn):
     params, batch_stats, model = cnn
     x = np.random.default_rng(4).random((7, 28, 28, 1)).astype(np.float32)
     whole = X.Saliency(model).attribute(params, batch_stats, x)
-    chunked = X.Saliency(model, chunk_size=3).attribute(params, batch_stats, x)  # 3 + 3 + 1 (padded)
+    done = []
+    chunked = X.Saliency(model, chunk_size=3).attribute(params, batch_stats, x,
+                                                        progress=done.append)  # 3 + 3 + 1 (padded)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-8)
+    assert done == [3, 3, 1]  # progress counts real images, not the padding
 
 
 def test_normalize_maps_guards_flat_maps():
@@ -274,17 +277,19 @@ def test_incremental_occlusion_equals_occluding_the_whole_image(patch, stride, s
     """Recomputing only what a window changes gives the logits of the whole occluded image:
     border windows, odd strides (the last window is appended off the grid), one pixel, large
     patches; a 28x28 patch leaves nothing to save and runs in full."""
-    params, batch_stats, model, x = shipped  # 8 real digits, trained BatchNorm statistics
+    params, batch_stats, model, x = shipped  # real digits, trained BatchNorm statistics
+    x = x[:3] if stride > 1 else x[:1]  # stride 1: 600-800 windows a digit
     variables = {"params": params, "batch_stats": batch_stats}
     fast = X.Occlusion(model, patch, stride)
     full = X.Occlusion(model, patch, stride, incremental=False)
     assert full.plan == [] and (fast.plan == []) == (patch == 28)
-    got = np.asarray(fast.occluded_logits(variables, x))
-    want = np.asarray(full.occluded_logits(variables, x))
-    assert got.shape == want.shape == (8, len(fast.masks), 10)
+    got = np.asarray(jax.jit(fast.occluded_logits)(variables, x))
+    want = np.asarray(jax.jit(full.occluded_logits)(variables, x))
+    assert got.shape == want.shape == (len(x), len(fast.masks), 10)
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())
-    np.testing.assert_allclose(fast.attribute(params, batch_stats, x), full.attribute(params, batch_stats, x),
-                               rtol=0, atol=2e-6 * np.abs(want).max())
+    if (patch, stride) == (4, 2):  # the default: the maps too
+        np.testing.assert_allclose(fast.attribute(params, batch_stats, x), full.attribute(params, batch_stats, x),
+                                   rtol=0, atol=2e-6 * np.abs(want).max())
 
 
 def test_occlusion_plan_covers_every_changed_row():
