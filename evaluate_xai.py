@@ -28,9 +28,13 @@ PASS_CORRELATION = 0.5  # randomisation test: mean Spearman below this after the
 def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0, steps=16,
                      randomization_images=100, progress=print) -> dict:
     import jax
+    from tqdm import tqdm
 
     import mnist_xai_metrics as M
     import mnist_xai_visualizations as X
+
+    def bar(total, desc):  # a progress bar on a terminal, nothing in logs (disable=None)
+        return tqdm(total=total, desc=f"  {desc}", unit="digit", leave=False, disable=None, dynamic_ncols=True)
 
     variables = {"params": params, "batch_stats": batch_stats}
     apply_fn = jax.jit(lambda v, x: model.apply(v, x))
@@ -47,33 +51,37 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
     for name in methods:
         explainer = explainers[name] = X.make_explainer(name, model)  # reused below: compiled once
         t0 = time.perf_counter()
-        maps_by_name[name] = explainer.attribute(params, batch_stats, images, targets, key=key)
+        with bar(len(images), f"{name}: maps") as b:
+            maps_by_name[name] = explainer.attribute(params, batch_stats, images, targets, key=key, progress=b.update)
         timings[name] = time.perf_counter() - t0
         progress(f"  {name}: maps in {timings[name]:.1f} s")
 
     results = {}
+    stages = len(M.cascading_layers(params))
     for name, maps in maps_by_name.items():
         t0 = time.perf_counter()
-        curves = M.deletion_insertion(apply_fn, variables, images, maps, targets, steps=steps, probs=probs)
-        on_ink, ink = M.ink_share(images, maps)
-        row = {
-            "deletion_auc": M.bootstrap_ci(curves["deletion_auc"], seed),
-            "insertion_auc": M.bootstrap_ci(curves["insertion_auc"], seed),
-            "deletion_curve": curves["deletion_curve"].mean(0).tolist(),
-            "insertion_curve": curves["insertion_curve"].mean(0).tolist(),
-            "ink_share": float(np.nanmean(on_ink)), "ink_share_random": float(ink.mean()),
-            "maps_seconds": timings.get(name),
-        }
-        if name in methods:
-            cascade = M.randomization_test(explainers[name], params, batch_stats, fresh, images[sub], targets[sub],
-                                           key=key, maps=maps[sub])
-            row["randomization"] = cascade
-            row["randomization_passes"] = bool(cascade[-1][1] < PASS_CORRELATION)
-        if name == "integrated_gradients":
-            err = M.completeness_error(explainers[name], params, batch_stats, images, targets, maps)
-            row["completeness_error_mean"] = float(err.mean())
-            row["completeness_error_max"] = float(err.max())
-        results[name] = row
+        with bar(len(images) + (stages * sub.stop if name in methods else 0), f"{name}: metrics") as b:
+            curves = M.deletion_insertion(apply_fn, variables, images, maps, targets, steps=steps, probs=probs,
+                                          progress=b.update)
+            on_ink, ink = M.ink_share(images, maps)
+            row = {
+                "deletion_auc": M.bootstrap_ci(curves["deletion_auc"], seed),
+                "insertion_auc": M.bootstrap_ci(curves["insertion_auc"], seed),
+                "deletion_curve": curves["deletion_curve"].mean(0).tolist(),
+                "insertion_curve": curves["insertion_curve"].mean(0).tolist(),
+                "ink_share": float(np.nanmean(on_ink)), "ink_share_random": float(ink.mean()),
+                "maps_seconds": timings.get(name),
+            }
+            if name in methods:
+                cascade = M.randomization_test(explainers[name], params, batch_stats, fresh, images[sub], targets[sub],
+                                               key=key, maps=maps[sub], progress=b.update)
+                row["randomization"] = cascade
+                row["randomization_passes"] = bool(cascade[-1][1] < PASS_CORRELATION)
+            if name == "integrated_gradients":
+                err = M.completeness_error(explainers[name], params, batch_stats, images, targets, maps)
+                row["completeness_error_mean"] = float(err.mean())
+                row["completeness_error_max"] = float(err.max())
+            results[name] = row
         progress(f"  {name}: metrics in {time.perf_counter() - t0:.1f} s")
     return {"results": results, "num_images": len(images), "steps": steps,
             "randomization_images": sub.stop, "pass_correlation": PASS_CORRELATION,

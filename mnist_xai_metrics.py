@@ -78,7 +78,7 @@ def _compiled_curves(apply_fn, steps: int):
 
 
 def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 16, chunk: int = 64,
-                       probs=None):
+                       probs=None, progress=None):
     """Curves (N, steps + 1) and AUCs (N,) for deletion and insertion, as a dict of numpy arrays.
 
     ``apply_fn(variables, images) -> logits``; ``maps`` (N, 28, 28) rank the pixels (ties
@@ -87,7 +87,7 @@ def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 
     so they take two forward passes in all; ``probs`` (N, classes), the softmax of the
     unperturbed images, saves one of them when several maps of the same images are scored.
     Chunks of ``chunk`` images x 2 (steps - 1) perturbed images go through the network as
-    one batch, split over the local devices.
+    one batch, split over the local devices. ``progress(images_done)`` is called after each chunk.
     """
     images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
     maps = np.asarray(maps, np.float32).reshape(-1, 28, 28)
@@ -107,7 +107,8 @@ def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 
     black = np.asarray(jax.nn.softmax(apply_fn(variables, np.zeros((1, 28, 28, 1), np.float32))))[0, targets]
     fn, devices = _compiled_curves(apply_fn, int(steps))
     chunk = -(-chunk // devices) * devices
-    deleted, inserted = in_chunks(lambda x, m, t: fn(variables, x, m, t), (images, maps, targets), chunk, devices)
+    deleted, inserted = in_chunks(lambda x, m, t: fn(variables, x, m, t), (images, maps, targets), chunk, devices,
+                                  progress)
     deletion = np.concatenate([original[:, None], deleted, black[:, None]], axis=1)
     insertion = np.concatenate([black[:, None], inserted, original[:, None]], axis=1)
     return {"deletion_curve": deletion, "insertion_curve": insertion,
@@ -168,10 +169,12 @@ def randomized_params(params, fresh_params, layers: list[str]):
     return out
 
 
-def randomization_test(explainer, params, batch_stats, fresh_params, images, targets, key=None, maps=None):
+def randomization_test(explainer, params, batch_stats, fresh_params, images, targets, key=None, maps=None,
+                       progress=None):
     """Cascading model-parameter randomisation. Returns [(layers randomised so far, mean
     Spearman correlation of |map| with the trained model's |map|)], top layer first.
-    ``maps``: the trained model's maps of ``images`` when already computed (same targets and key)."""
+    ``maps``: the trained model's maps of ``images`` when already computed (same targets and key).
+    ``progress(images_done)`` is called after each chunk of each stage."""
     if maps is None:
         maps = explainer.attribute(params, batch_stats, images, targets, key=key)
     base = np.abs(np.asarray(maps).reshape(len(images), 28, 28))
@@ -179,7 +182,7 @@ def randomization_test(explainer, params, batch_stats, fresh_params, images, tar
     for layer in cascading_layers(params):
         done.append(layer)
         rand = np.abs(explainer.attribute(randomized_params(params, fresh_params, done), batch_stats,
-                                          images, targets, key=key))
+                                          images, targets, key=key, progress=progress))
         results.append((layer, float(np.nanmean(spearman_rows(base, rand)))))
     return results
 

@@ -200,12 +200,14 @@ def split_over_devices(fn: Callable, batched: Sequence[bool]):
     return jax.jit(fn), len(devices)
 
 
-def in_chunks(call: Callable, arrays: Sequence[np.ndarray], chunk: int, multiple: int = 1) -> list[np.ndarray]:
+def in_chunks(call: Callable, arrays: Sequence[np.ndarray], chunk: int, multiple: int = 1,
+              progress: Callable[[int], object] | None = None) -> list[np.ndarray]:
     """``call(*rows)`` over chunks of ``chunk`` rows of ``arrays``; outputs concatenated as numpy.
 
     Memory stays bounded by the chunk. The last chunk is zero-padded to the full chunk size
     (or, when everything fits in one chunk, to a multiple of ``multiple``, e.g. the device
     count), so each shape compiles once; the padded rows are dropped from the outputs.
+    ``progress(rows)`` (e.g. a tqdm bar's ``update``) is called after each chunk.
     """
     n = len(arrays[0])
     outputs = []
@@ -216,6 +218,8 @@ def in_chunks(call: Callable, arrays: Sequence[np.ndarray], chunk: int, multiple
         if pad:
             rows = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) for a in rows]
         outputs.append([np.asarray(out)[:k] for out in call(*rows)])
+        if progress is not None:
+            progress(k)
     return [np.concatenate(parts) for parts in zip(*outputs)]
 
 
@@ -268,22 +272,24 @@ class Explainer:
     def _maps(self, variables, images, targets, key):
         raise NotImplementedError
 
-    def explain(self, params, batch_stats, images, target_classes=None, key=None):
-        """Return ``(maps (N, 28, 28), predictions (N,), target_logits (N,))`` as numpy."""
+    def explain(self, params, batch_stats, images, target_classes=None, key=None, progress=None):
+        """Return ``(maps (N, 28, 28), predictions (N,), target_logits (N,))`` as numpy.
+
+        ``progress(images_done)`` is called after each chunk (e.g. ``tqdm(total=N).update``)."""
         x = as_image_batch(images)
         t = as_targets(target_classes, len(x))
         key = jax.random.PRNGKey(0) if key is None else key
         variables = _variables(params, batch_stats)
         n = len(x)
         maps, logits = in_chunks(lambda xc, tc: self._jitted(variables, xc, tc, key), (x, t),
-                                 self.chunk_size, self.num_devices)
+                                 self.chunk_size, self.num_devices, progress)
         preds = logits.argmax(-1)
         chosen = np.where(t < 0, preds, t)
         return maps, preds, logits[np.arange(n), chosen]
 
-    def attribute(self, params, batch_stats, images, target_classes=None, key=None) -> np.ndarray:
+    def attribute(self, params, batch_stats, images, target_classes=None, key=None, progress=None) -> np.ndarray:
         """Raw attribution maps (N, 28, 28) for a batch (a single image is a batch of one)."""
-        return self.explain(params, batch_stats, images, target_classes, key)[0]
+        return self.explain(params, batch_stats, images, target_classes, key, progress)[0]
 
     __call__ = attribute
 

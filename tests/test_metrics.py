@@ -69,7 +69,10 @@ def test_curves_with_given_probabilities_and_bad_arguments():
     targets = np.zeros(5, np.int32)
     probs = np.asarray(jax.nn.softmax(one_pixel_logits({}, images)))
     out = M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=6, chunk=2)
-    given = M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=6, chunk=2, probs=probs)
+    done = []
+    given = M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=6, chunk=2, probs=probs,
+                                 progress=done.append)
+    assert sum(done) == 5  # progress counts the images, chunk by chunk
     for kind in out:
         np.testing.assert_allclose(given[kind], out[kind], rtol=1e-6)
     assert out["deletion_curve"].shape == (5, 7)
