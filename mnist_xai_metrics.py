@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_xai_visualizations import in_chunks, split_over_devices
+from mnist_xai_visualizations import in_chunks, on_cpu, split_over_devices
 
 INK_THRESHOLD = 0.5
 
@@ -77,7 +77,7 @@ def _compiled_curves(apply_fn, steps: int):
     return split_over_devices(_interior_curves(apply_fn, steps), (False, True, True, True))
 
 
-def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 16, chunk: int = 64,
+def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 16, chunk: int | None = None,
                        probs=None, progress=None):
     """Curves (N, steps + 1) and AUCs (N,) for deletion and insertion, as a dict of numpy arrays.
 
@@ -87,7 +87,9 @@ def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 
     so they take two forward passes in all; ``probs`` (N, classes), the softmax of the
     unperturbed images, saves one of them when several maps of the same images are scored.
     Chunks of ``chunk`` images x 2 (steps - 1) perturbed images go through the network as
-    one batch, split over the local devices. ``progress(images_done)`` is called after each chunk.
+    one batch, split over the local devices; by default 4 on a CPU (small calls stay in
+    cache: ~1,260 perturbed digits/s against ~880 at 64 on this project's machine), 64 on
+    accelerators. ``progress(images_done)`` is called after each chunk.
     """
     images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
     maps = np.asarray(maps, np.float32).reshape(-1, 28, 28)
@@ -98,6 +100,8 @@ def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 
                          f"got {n} images, {len(maps)} maps and {len(targets)} targets")
     if int(steps) < 2:
         raise ValueError(f"steps: expected an integer >= 2, got {steps}")
+    if chunk is None:
+        chunk = 4 if on_cpu() else 64
     if int(chunk) < 1:
         raise ValueError(f"chunk: expected a positive integer, got {chunk}")
     if probs is None:
