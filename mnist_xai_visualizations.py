@@ -227,14 +227,6 @@ def on_cpu() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def gradient_batch() -> int:
-    """Images (or IG steps / SmoothGrad samples) per compiled call for the methods that
-    back-propagate to the input. On a CPU small calls keep each layer's activations and
-    gradients in cache: 64 gave saliency ~600 maps/s against ~530 at 512 on this project's
-    2-core machine (README_MNIST_XAI.md, Benchmarks). Accelerators want large batches."""
-    return 64 if on_cpu() else 1024
-
-
 class Explainer:
     """Base class: input checks, chunking and the uniform batched call.
 
@@ -245,7 +237,9 @@ class Explainer:
     #: images per compiled call; large batches are processed in chunks of this size so that
     #: memory stays bounded (the last chunk is padded, so each size compiles once).
     chunk_size: int = 512
-    #: the same on a CPU, where smaller calls keep activations in cache (None: ``chunk_size``)
+    #: the same on a CPU, where smaller calls keep activations in cache (None: ``chunk_size``).
+    #: The methods that back-propagate to the input run ~64 images a call there: saliency
+    #: ~600 maps/s against ~530 at 512 on this project's 2-core machine (README_MNIST_XAI.md).
     cpu_chunk_size: int | None = None
     signed: bool = False
 
@@ -472,8 +466,8 @@ class IntegratedGradients(Explainer):
         nodes, weights = np.polynomial.legendre.leggauss(self.steps)
         self.alphas = ((nodes + 1) / 2).astype(np.float32)  # in (0, 1)
         self.weights = (weights / 2).astype(np.float32)      # sum to 1
-        if chunk_size is None:
-            chunk_size = max(1, gradient_batch() // self.steps)
+        self.chunk_size = max(1, 1024 // self.steps)  # digits a call: ~1,024 interpolants
+        self.cpu_chunk_size = max(1, 64 // self.steps)  # ~64 on a CPU
         super().__init__(model, chunk_size)
 
     def _maps(self, variables, images, targets, key):
@@ -527,8 +521,8 @@ class SmoothGrad(Explainer):
             raise ValueError(f"noise_level: expected >= 0, got {noise_level}")
         self.samples, self.noise_level, self.absolute = int(samples), float(noise_level), absolute
         self.signed = not absolute
-        if chunk_size is None:
-            chunk_size = max(1, gradient_batch() // self.samples)
+        self.chunk_size = max(1, 1024 // self.samples)  # digits a call: ~1,024 noisy copies
+        self.cpu_chunk_size = max(1, 64 // self.samples)  # ~64 on a CPU
         super().__init__(model, chunk_size)
 
     def _maps(self, variables, images, targets, key):
@@ -589,7 +583,7 @@ def _incremental_occlusion_logits(module, images, baseline: float, starts, patch
     a crop around the window (activations outside the image set to zero, exactly as SAME
     padding sees them) and their pooled output is pasted into the unoccluded activations;
     the remaining blocks and the head run in full. Equal to occluding and running the whole
-    network, to float rounding.
+    network, to float rounding. ``plan`` (``occlusion_plan``) must not be empty.
     """
     n = images.shape[0]
     r = len(starts)
@@ -641,17 +635,14 @@ def _incremental_occlusion_logits(module, images, baseline: float, starts, patch
         h = max_pool_2x2(h)
         block = h.reshape(n, nw, *h.shape[1:]) * window_mask(seg["out"], seg["out_size"], size // 2)
 
-    full = levels[len(plan)]
-    if plan:
-        last = plan[-1]
-        margin = _margin(last["out"], last["out_size"], full.shape[1])
-        canvas = jnp.pad(full, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
-        canvas = jnp.broadcast_to(canvas[:, None], (n, nw, *canvas.shape[1:]))
-        canvas = paste(canvas, block, jnp.asarray(last["out"][wr] + margin), jnp.asarray(last["out"][wc] + margin))
-        h = canvas[:, :, margin:margin + full.shape[1], margin:margin + full.shape[2]]
-        h = h.reshape(n * nw, *h.shape[2:])
-    else:
-        h = jnp.broadcast_to(full[:, None], (n, nw, *full.shape[1:])).reshape(n * nw, *full.shape[1:])
+    # The last block's recomputed rows go into the unoccluded map; the rest runs in full.
+    full, last = levels[len(plan)], plan[-1]
+    margin = _margin(last["out"], last["out_size"], full.shape[1])
+    canvas = jnp.pad(full, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
+    canvas = jnp.broadcast_to(canvas[:, None], (n, nw, *canvas.shape[1:]))
+    canvas = paste(canvas, block, jnp.asarray(last["out"][wr] + margin), jnp.asarray(last["out"][wc] + margin))
+    h = canvas[:, :, margin:margin + full.shape[1], margin:margin + full.shape[2]]
+    h = h.reshape(n * nw, *h.shape[2:])
     for layers, pooled in segments[len(plan):]:
         for k in layers:
             h = module.conv_block(k, h)
