@@ -591,10 +591,12 @@ def _incremental_occlusion_logits(module, images, baseline: float, starts, patch
     nw = r * r
     segments = module.segments()
 
-    def window_mask(first, length, size):  # (1, W, length, length, 1): inside the map?
+    def per_window(rows_ok):  # (starts, L) bool per axis -> (1, W, L, L, 1): rows and columns both ok
+        return jnp.asarray(rows_ok[wr][:, :, None] & rows_ok[wc][:, None, :])[None, ..., None]
+
+    def window_mask(first, length, size):  # inside the map?
         rows = first[:, None] + np.arange(length)
-        inside = (rows >= 0) & (rows < size)
-        return jnp.asarray(inside[wr][:, :, None] & inside[wc][:, None, :])[None, ..., None]
+        return per_window((rows >= 0) & (rows < size))
 
     def crops_of(maps, first, length, margin):  # (N, H, W, C) -> (N, W, length, length, C)
         padded = jnp.pad(maps, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
@@ -620,8 +622,7 @@ def _incremental_occlusion_logits(module, images, baseline: float, starts, patch
         if i == 0:  # put the occluding patch in, in the stem's (standardised) units
             rows = first[:, None] + np.arange(length)
             hit = (rows >= np.asarray(starts)[:, None]) & (rows < np.asarray(starts)[:, None] + patch)
-            occluded = jnp.asarray(hit[wr][:, :, None] & hit[wc][:, None, :])[None, ..., None]
-            h = jnp.where(occluded, module.stem(jnp.asarray(baseline, jnp.float32)), h)
+            h = jnp.where(per_window(hit), module.stem(jnp.asarray(baseline, jnp.float32)), h)
         else:  # the previous block's recomputed rows replace the unoccluded ones
             prev = plan[i - 1]
             rel = prev["out"] - first
