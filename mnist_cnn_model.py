@@ -82,7 +82,8 @@ def conv3x3_weight_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 22) 
 
 @jax.custom_vjp
 def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
-    """3x3 stride-1 SAME convolution, NHWC x HWIO, with a CPU-friendly weight gradient."""
+    """3x3 stride-1 SAME convolution, NHWC x HWIO, with a CPU-friendly weight gradient
+    (``conv3x3_weight_grad`` on a CPU, XLA's own gradient on other backends)."""
     return _conv_same(x, w)
 
 
@@ -90,10 +91,19 @@ def _conv3x3_fwd(x, w):
     return _conv_same(x, w), (x, w)
 
 
+def _xla_weight_grad(x: jax.Array, g: jax.Array, w: jax.Array) -> jax.Array:
+    """dL/dw as XLA differentiates the conv itself (cuDNN's weight-gradient kernel on a GPU)."""
+    return jax.vjp(lambda w_: _conv_same(x, w_), w)[1](g)[0]
+
+
 def _conv3x3_bwd(residuals, g):
     x, w = residuals
     dx = jax.vjp(lambda x_: _conv_same(x_, w), x)[1](g)[0]  # XLA's transposed conv is fine here
-    return dx, conv3x3_weight_grad(x, g).astype(w.dtype)
+    # The im2col rule is for XLA's CPU backend only; on a GPU its scan over small chunks
+    # would serialise what cuDNN does in one kernel. Chosen when the graph is lowered.
+    dw = lax.platform_dependent(x, g, w, cpu=lambda x, g, w: conv3x3_weight_grad(x, g).astype(w.dtype),
+                                default=_xla_weight_grad)
+    return dx, dw
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)

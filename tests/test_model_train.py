@@ -12,7 +12,8 @@ import pytest
 
 import mnist_checkpoint as ckpt
 import train_mnist as T
-from mnist_cnn_model import MNISTCNN, conv3x3, conv3x3_weight_grad, count_params, initialize_model
+from mnist_cnn_model import (MNISTCNN, _xla_weight_grad, conv3x3, conv3x3_weight_grad, count_params,
+                             initialize_model)
 from mnist_data import MNIST, Split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,20 @@ def test_conv3x3_weight_grad_agrees_across_chunk_sizes():
     dw_ref = jax.vjp(lambda w_: _xla_conv(x, w_), w)[1](g)[0]
     for chunk_bytes in (1, 3 * 7 * 7 * 9 * 5 * 4, 1 << 30):
         np.testing.assert_allclose(conv3x3_weight_grad(x, g, chunk_bytes), dw_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv3x3_picks_its_weight_gradient_by_platform():
+    """The im2col rule (a scan over chunks) is what a CPU compiles; the other backends get
+    XLA's own weight gradient, which is the same function."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(4, 7, 7, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 5, 3)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(4, 7, 7, 3)), jnp.float32)
+    np.testing.assert_allclose(_xla_weight_grad(x, g, w), conv3x3_weight_grad(x, g), rtol=1e-4, atol=1e-4)
+    # d/dw of sum(conv(x, w) * g) is the weight gradient alone: on a CPU, im2col's matmul
+    # and no convolution at all; XLA's rule would be a convolution.
+    lowered = jax.jit(jax.grad(lambda w_, x_, g_: jnp.sum(conv3x3(x_, w_) * g_))).lower(w, x, g).as_text()
+    assert "dot_general" in lowered and "convolution" not in lowered
 
 
 def test_model_config_round_trip():
@@ -160,6 +175,58 @@ def test_different_seed_different_params(trained, synthetic, tmp_path):
     other = T.train_and_evaluate(_cfg(epochs=1, seed=1), tmp_path, synthetic, progress=False,
                                  log=lambda *_: None)
     assert not _params_equal(other["state"]["params"], first["state"]["params"])
+
+
+def test_steps_fused_in_a_scan_compute_what_one_step_a_call_does(synthetic):
+    """The accelerator path (several steps a call, lax.scan) against the CPU path (one step
+    a call), from the same state over the same three batches."""
+    from jax.sharding import Mesh
+
+    cfg = _cfg(augment=True)
+    model = MNISTCNN()
+    tx = T.make_optimizer(cfg, 16)
+    chunk = T.make_train_chunk(model, tx, cfg, Mesh(np.array(jax.devices()), ("data",)))
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+
+    def fresh():  # the call donates its state
+        v = jax.tree_util.tree_map(jnp.copy, variables)
+        return {"params": v["params"], "batch_stats": v["batch_stats"], "opt_state": tx.init(v["params"]),
+                "step": jnp.zeros((), jnp.int32)}
+
+    images, labels = jnp.asarray(synthetic.train.images), jnp.asarray(synthetic.train.labels)
+    batches = np.random.default_rng(0).permutation(48).reshape(3, 16)
+    key = jax.random.PRNGKey(1)
+    one, losses = fresh(), []
+    for b in range(3):
+        one, m = chunk(one, images, labels, batches[b:b + 1], key)
+        losses.append(float(m["loss"][0]))
+    fused, m = chunk(fresh(), images, labels, batches, key)
+    np.testing.assert_allclose(np.asarray(m["loss"]), losses, rtol=1e-5)
+    assert int(fused["step"]) == 3
+    for path, a in jax.tree_util.tree_leaves_with_path({k: fused[k] for k in ("params", "batch_stats")}):
+        name = jax.tree_util.keystr(path)
+        if name.startswith("['params']['conv") and name.endswith("['bias']"):
+            # A conv bias before BatchNorm has a gradient of exactly zero in exact arithmetic;
+            # Adam scales its rounding noise (~1e-9) up to full-size steps, so it differs
+            # between any two orderings of the same sums (and BatchNorm cancels it).
+            continue
+        b = one
+        for k in path:
+            b = b[k.key]
+        # Running means track the conv output, bias included: that noise, damped by momentum.
+        # Elsewhere Adam turns a near-zero gradient's rounding into a visible step now and
+        # then (1 weight in 18,432 off by 1.7e-5 seen here), so a few may stray; a wrong
+        # batch or key would move them all, and the losses above.
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() < 1e-4, name
+        if not name.endswith("['mean']"):
+            close = np.isclose(a, b, rtol=1e-4, atol=1e-6)
+            assert close.mean() > 0.999, (name, close.mean())
+
+
+@pytest.mark.parametrize("steps, expected", [(429, 13), (430, 10), (431, 32), (640, 32), (20, 20), (1, 1)])
+def test_steps_per_call_divides_the_epoch_where_it_can(steps, expected):
+    assert T.steps_per_call(steps) == expected
 
 
 def test_resume_with_other_config_is_refused(trained, synthetic):
