@@ -208,18 +208,31 @@ def in_chunks(call: Callable, arrays: Sequence[np.ndarray], chunk: int, multiple
     (or, when everything fits in one chunk, to a multiple of ``multiple``, e.g. the device
     count), so each shape compiles once; the padded rows are dropped from the outputs.
     ``progress(rows)`` (e.g. a tqdm bar's ``update``) is called after each chunk.
+
+    Calls are dispatched one ahead of the copy back to numpy (JAX runs them asynchronously),
+    so the device starts the next chunk while the host collects the last one.
     """
     n = len(arrays[0])
-    outputs = []
+    outputs, pending = [], None
+
+    def collect(done):
+        outs, k = done
+        outputs.append([np.asarray(out)[:k] for out in outs])
+        if progress is not None:
+            progress(k)
+
     for start in range(0, n, chunk):
         rows = [a[start:start + chunk] for a in arrays]
         k = len(rows[0])
         pad = (chunk - k) if n > chunk else (-k) % multiple
         if pad:
             rows = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) for a in rows]
-        outputs.append([np.asarray(out)[:k] for out in call(*rows)])
-        if progress is not None:
-            progress(k)
+        launched = (call(*rows), k)
+        if pending is not None:
+            collect(pending)
+        pending = launched
+    if pending is not None:
+        collect(pending)
     return [np.concatenate(parts) for parts in zip(*outputs)]
 
 

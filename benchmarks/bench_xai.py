@@ -142,6 +142,10 @@ def parse_args(argv=None):
                    help="torch model pools with reshape+amax (splits gradient ties like JAX) instead of nn.MaxPool2d")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--skip-captum", action="store_true", help="time only our methods")
+    p.add_argument("--torch-device", default=None,
+                   help="device for the torch side (default: cuda where torch sees a GPU, else cpu)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="our images per compiled call for every method timed (default: each method's own)")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in xai.METHODS]
@@ -302,17 +306,21 @@ def grad_cam_lib_runner(name, net):
 
 
 def run_torch_method(run, net, images, batch_size):
-    """Explain each image's predicted class (torch's own forward pass) in batches; (N, 28, 28) numpy."""
+    """Explain each image's predicted class (torch's own forward pass) in batches; (N, 28, 28) numpy.
+
+    Images start on the host and maps end there, as ours do; on a GPU each batch is copied
+    over, and copying the maps back waits for the GPU's work."""
     import torch
 
+    device = next(net.parameters()).device
     x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     out = []
     for start in range(0, len(x_all), batch_size):
-        x = x_all[start:start + batch_size]
+        x = x_all[start:start + batch_size].to(device)
         with torch.no_grad():
             target = net(x).argmax(1)
         maps = run(x, target)
-        maps = maps.detach().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+        maps = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
         out.append(maps.reshape(len(x), 28, 28))
     return np.concatenate(out)
 
@@ -405,6 +413,10 @@ def main(argv=None):
         except ImportError as e:
             lib_note = f"not run: {e} (needs torchvision; see README_MNIST_XAI.md)"
     if torch is not None:
+        if args.torch_device is None:
+            args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+        if args.torch_device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = True  # the reference's best conv kernels
         torch.set_num_threads(args.torch_threads)
         torch.manual_seed(0)  # NoiseTunnel's noise: reproducible runs
         # Captum marks the inputs as requiring gradients itself; its note about that is noise here.
@@ -420,6 +432,10 @@ def main(argv=None):
         "captum": getattr(captum, "__version__", None),
         "pytorch_grad_cam": importlib.metadata.version("grad-cam") if grad_cam_lib else None,
         "torch_threads": args.torch_threads if torch is not None else None,
+        "torch_device": (f"{args.torch_device} ({torch.cuda.get_device_name()})"
+                         if torch is not None and args.torch_device.startswith("cuda") else args.torch_device),
+        "jax_device_kind": jax.devices()[0].device_kind,
+        "our_chunk_size": args.chunk_size or "each method's default",
         "python": platform.python_version(),
         "images": source,
         "weights": weights,
@@ -428,9 +444,9 @@ def main(argv=None):
         "captum_max_images": args.captum_max_images,
         "tie_splitting_pool": args.tie_splitting_pool,
     }
-    print("# XAI throughput: ours (JAX/Flax) vs Captum (PyTorch), same CNN, CPU\n")
-    for k in ("date", "processor", "cpu_count", "jax_devices", "jax", "torch", "captum", "pytorch_grad_cam",
-              "torch_threads", "python", "images", "weights"):
+    print(f"# XAI throughput: ours (JAX/Flax) vs Captum (PyTorch), same CNN, {jax.devices()[0].device_kind}\n")
+    for k in ("date", "processor", "cpu_count", "jax_devices", "jax_device_kind", "jax", "torch", "torch_device",
+              "captum", "pytorch_grad_cam", "torch_threads", "python", "images", "weights", "our_chunk_size"):
         print(f"- {k}: {info[k]}")
     if captum_note:
         print(f"- Captum: {captum_note}")
@@ -451,10 +467,11 @@ def main(argv=None):
     net = None
     if torch is not None:
         net = build_torch_model(params, batch_stats, tuple(model.widths), model.dense_features, model.num_classes,
-                                tie_splitting_pool=args.tie_splitting_pool)
+                                tie_splitting_pool=args.tie_splitting_pool).to(args.torch_device)
         k = min(n, 8)
         with torch.no_grad():
-            torch_logits = net(torch.from_numpy(np.ascontiguousarray(images[:k].transpose(0, 3, 1, 2)))).numpy()
+            torch_logits = net(torch.from_numpy(np.ascontiguousarray(images[:k].transpose(0, 3, 1, 2)))
+                               .to(args.torch_device)).cpu().numpy()
         diff = float(np.abs(torch_logits - jax_logits[:k]).max())
         ok = diff < LOGIT_TOLERANCE
         print(f"Weight copy check: max |torch logits - JAX logits| on {k} images = {diff:.2e} "
@@ -466,8 +483,9 @@ def main(argv=None):
     rows = []
     for name in args.methods:
         # IG at 50 steps, like the Captum side (our default is 100; see IntegratedGradients).
-        explainer = (xai.METHODS[name](model, steps=50) if name == "integrated_gradients"
-                     else xai.METHODS[name](model))
+        kw = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+        explainer = (xai.METHODS[name](model, steps=50, **kw) if name == "integrated_gradients"
+                     else xai.METHODS[name](model, **kw))
         warm = min(n, explainer.chunk_size)
         explainer.attribute(params, batch_stats, images[:warm])
         t0 = time.perf_counter()
@@ -498,8 +516,8 @@ def main(argv=None):
     preds_t = None
     if net is not None:
         with torch.no_grad():
-            preds_t = np.concatenate([net(torch.from_numpy(np.ascontiguousarray(images[i:i + 1000].transpose(0, 3, 1, 2))))
-                                      .argmax(1).numpy() for i in range(0, n, 1000)])
+            preds_t = np.concatenate([net(torch.from_numpy(np.ascontiguousarray(images[i:i + 1000].transpose(0, 3, 1, 2)))
+                                          .to(args.torch_device)).argmax(1).cpu().numpy() for i in range(0, n, 1000)])
         same = int((preds_t == jax_logits.argmax(1)).sum())
         print(f"\nPredicted classes agree (torch vs JAX) on {same}/{n} images.")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
