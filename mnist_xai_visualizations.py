@@ -54,7 +54,9 @@ def as_image_batch(images) -> np.ndarray:
     elif not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
               or arr.dtype == bool):
         raise ValueError(f"images: expected a float or uint8 array, got {_describe(images)}")
-    arr = np.array(arr, dtype=np.float32)  # a copy: callers' arrays are never touched
+    # No copy when the input is float32 already: nothing downstream writes into it
+    # (chunks are slices or new padded arrays), so callers' arrays are never touched.
+    arr = arr.astype(np.float32, copy=False)
     if arr.shape == IMAGE_HW:
         arr = arr[None, :, :, None]
     elif arr.shape == (*IMAGE_HW, 1):
@@ -71,10 +73,18 @@ def as_image_batch(images) -> np.ndarray:
                          f"({_describe(images)}); convert colour images to gray first")
     if arr.shape[0] == 0:
         raise ValueError(f"images: expected at least one image, got an empty batch ({_describe(images)})")
-    if not np.isfinite(arr).all():
+    if not _all_finite(arr):
         bad = int((~np.isfinite(arr)).sum())
         raise ValueError(f"images: expected finite pixel values, got {bad} NaN/inf values")
     return arr
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """Whether every value is finite, in one BLAS pass: x . 0 is NaN iff some x is NaN or inf
+    (twice as fast as ``np.isfinite(arr).all()`` on 10,000 digits, with no temporary)."""
+    flat = arr.reshape(-1)
+    with np.errstate(invalid="ignore"):
+        return bool(np.isfinite(np.dot(flat, np.zeros_like(flat))))
 
 
 def as_targets(target_classes, n: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -248,8 +258,10 @@ class Explainer:
     """
 
     #: images per compiled call; large batches are processed in chunks of this size so that
-    #: memory stays bounded (the last chunk is padded, so each size compiles once).
-    chunk_size: int = 512
+    #: memory stays bounded (the last chunk is padded, so each size compiles once). Sized for
+    #: a GPU: on an H100, saliency ran 114,000 maps/s at 512 a call and 156,000 at 4,096
+    #: (README_MNIST_XAI.md); pass a smaller ``chunk_size`` on a GPU with little memory.
+    chunk_size: int = 4096
     #: the same on a CPU, where smaller calls keep activations in cache (None: ``chunk_size``).
     #: The methods that back-propagate to the input run ~64 images a call there: saliency
     #: ~600 maps/s against ~530 at 512 on this project's 2-core machine (README_MNIST_XAI.md).
@@ -331,7 +343,7 @@ class GradCAM(Explainer):
     ``compute_gradcam`` returns the display map scaled to [0, 1].
     """
 
-    chunk_size = 1024
+    cpu_chunk_size = 1024  # its best on this project's 2-core CPU
 
     def __init__(self, model, relu: bool = True, chunk_size: int | None = None):
         self.relu = relu
@@ -398,7 +410,7 @@ class ScoreCAM(GradCAM):
     Costs one forward pass per channel (128 per image): bounded by the forward pass.
     """
 
-    chunk_size = 16
+    chunk_size = 64  # 8,192 masked digits a call: 12,000 maps/s on an H100, 6,500 at 16
     cpu_chunk_size = 2  # 256 masked digits a call: 10.0 against 9.0 maps/s at 16 here
 
     def _maps(self, variables, images, targets, key):
@@ -479,7 +491,7 @@ class IntegratedGradients(Explainer):
         nodes, weights = np.polynomial.legendre.leggauss(self.steps)
         self.alphas = ((nodes + 1) / 2).astype(np.float32)  # in (0, 1)
         self.weights = (weights / 2).astype(np.float32)      # sum to 1
-        self.chunk_size = max(1, 1024 // self.steps)  # digits a call: ~1,024 interpolants
+        self.chunk_size = max(1, 8192 // self.steps)  # digits a call: ~8,192 interpolants
         self.cpu_chunk_size = max(1, 64 // self.steps)  # ~64 on a CPU
         super().__init__(model, chunk_size)
 
@@ -534,7 +546,7 @@ class SmoothGrad(Explainer):
             raise ValueError(f"noise_level: expected >= 0, got {noise_level}")
         self.samples, self.noise_level, self.absolute = int(samples), float(noise_level), absolute
         self.signed = not absolute
-        self.chunk_size = max(1, 1024 // self.samples)  # digits a call: ~1,024 noisy copies
+        self.chunk_size = max(1, 8192 // self.samples)  # digits a call: ~8,192 noisy copies
         self.cpu_chunk_size = max(1, 64 // self.samples)  # ~64 on a CPU
         super().__init__(model, chunk_size)
 
@@ -679,7 +691,7 @@ class Occlusion(Explainer):
     """
 
     signed = True
-    chunk_size = 8
+    chunk_size = 64  # ~10,800 occluded digits a call: 19,300 maps/s on an H100, 3,000 at 8
     cpu_chunk_size = 2  # 338 occluded digits a call: 14.0-14.7 against 11.2-12.3 maps/s at 8 here
 
     def __init__(self, model, patch: int = 4, stride: int = 2, baseline: float = 0.0,

@@ -26,9 +26,9 @@ What is compared
     saliency              Saliency(abs=True)
     gradient_x_input      InputXGradient
     integrated_gradients  IntegratedGradients(n_steps=50, gausslegendre, zero baseline,
-                          internal_batch_size=1000)
+                          internal_batch_size=--captum-internal-batch)
     smoothgrad            NoiseTunnel(Saliency), nt_type="smoothgrad", nt_samples=25,
-                          stdevs=0.15, nt_samples_batch_size=10
+                          stdevs=0.15, nt_samples_batch_size=--captum-internal-batch / --batch-size
     occlusion             Occlusion(sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2),
                           baselines=0, perturbations_per_eval=--occlusion-per-eval)
 
@@ -136,6 +136,9 @@ def parse_args(argv=None):
     p.add_argument("--captum-max-images", type=int, default=200,
                    help=f"time the slow reference methods ({', '.join(SLOW_CAPTUM)}) on at most this many images "
                         "(default 200)")
+    p.add_argument("--captum-internal-batch", type=int, default=1000,
+                   help="images per forward pass inside Captum's IG (internal_batch_size) and SmoothGrad "
+                        "(nt_samples_batch_size = this / --batch-size) (default 1000)")
     p.add_argument("--occlusion-per-eval", type=int, default=10,
                    help="Captum Occlusion perturbations_per_eval (default 10: ~1000 images per forward at batch 100)")
     p.add_argument("--tie-splitting-pool", action="store_true",
@@ -151,7 +154,8 @@ def parse_args(argv=None):
     unknown = [m for m in args.methods if m not in xai.METHODS]
     if unknown or not args.methods:
         p.error(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(xai.METHODS)}")
-    for name in ("num_images", "batch_size", "captum_max_images", "torch_threads", "occlusion_per_eval"):
+    for name in ("num_images", "batch_size", "captum_max_images", "torch_threads", "occlusion_per_eval",
+                 "captum_internal_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     return args
@@ -273,14 +277,16 @@ def captum_runner(name, net, args):
         return (lambda x, t: m.attribute(x, target=t)), "InputXGradient"
     if name == "integrated_gradients":
         m = ca.IntegratedGradients(net)
+        ibs = args.captum_internal_batch
         return ((lambda x, t: m.attribute(x, baselines=0.0, target=t, n_steps=50, method="gausslegendre",
-                                          internal_batch_size=1000)),
-                "n_steps=50, gausslegendre, baseline 0, internal_batch_size=1000")
+                                          internal_batch_size=ibs)),
+                f"n_steps=50, gausslegendre, baseline 0, internal_batch_size={ibs}")
     if name == "smoothgrad":
         m = ca.NoiseTunnel(ca.Saliency(net))
-        return ((lambda x, t: m.attribute(x, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=10,
+        per_pass = max(1, min(25, args.captum_internal_batch // args.batch_size))
+        return ((lambda x, t: m.attribute(x, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=per_pass,
                                           stdevs=0.15, target=t, abs=True)),
-                "NoiseTunnel(Saliency), nt_samples=25, stdevs=0.15")
+                f"NoiseTunnel(Saliency), nt_samples=25, stdevs=0.15, nt_samples_batch_size={per_pass}")
     if name == "occlusion":
         m = ca.Occlusion(net)
         return ((lambda x, t: m.attribute(x, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2), baselines=0.0,
