@@ -203,6 +203,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from cpu_devices import use_one_device_per_core
+    from cpu_devices import use_compilation_cache, use_one_device_per_core
     use_one_device_per_core()  # before JAX is imported: each chunk split over the cores
+    use_compilation_cache()
     sys.exit(main())

@@ -98,4 +98,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from cpu_devices import use_compilation_cache
+    use_compilation_cache()  # before JAX is imported: a second run skips compiling
     sys.exit(main())

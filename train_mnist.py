@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 
 if __name__ == "__main__":  # before JAX is imported: one JAX device per CPU core
-    from cpu_devices import use_one_device_per_core
+    from cpu_devices import use_compilation_cache, use_one_device_per_core
     use_one_device_per_core()
+    use_compilation_cache()  # compiled programs kept on disk: later runs start in seconds
 
 import argparse
 import dataclasses

@@ -34,6 +34,35 @@ def test_quick_demo_writes_the_figure(tmp_path):
     assert sum("<- wrong" in l for l in lines) == 0  # the shipped model gets these ten right
 
 
+def test_quick_demo_fills_the_compilation_cache_and_reuses_it(tmp_path):
+    """A second run loads its compiled programs from disk and prints the same predictions."""
+    cache = tmp_path / "jax_cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_DATA_DIR", "JAX_COMPILATION_CACHE_DIR")}
+    runs = []
+    for i in range(2):
+        proc = subprocess.run([sys.executable, str(ROOT / "simple_mnist_xai_demo.py"), "--out", str(tmp_path / f"{i}.png")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**env, "MNIST_XAI_COMPILE_CACHE": str(cache)})
+        assert proc.returncode == 0, proc.stderr
+        runs.append([l for l in proc.stdout.splitlines() if l.startswith("digit ")])
+        if i == 0:
+            first = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+            assert any(name.startswith("jit__maps") for name in first), sorted(first)  # GradCAM, saliency
+    assert runs[0] == runs[1]
+    # A miss would compile and write the entry again: none was rewritten, none added.
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == first
+
+
+@pytest.mark.parametrize("setting, expected", [("off", "None"), ("{tmp}/c", "{tmp}/c"), ("", "{home}/.cache/mnist_xai/jax")])
+def test_compilation_cache_setting(setting, expected, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MNIST_XAI_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path), MNIST_XAI_COMPILE_CACHE=setting.format(tmp=tmp_path))
+    proc = subprocess.run([sys.executable, "-c", "import cpu_devices; print(cpu_devices.use_compilation_cache())"],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.stdout.strip() == expected.format(tmp=tmp_path, home=tmp_path), proc.stderr
+
+
 def test_quick_demo_missing_checkpoint_exit_2_one_line(tmp_path):
     proc = _run(str(ROOT / "simple_mnist_xai_demo.py"), "--checkpoint", str(tmp_path / "nope"),
                 "--out", str(tmp_path / "x.png"))
