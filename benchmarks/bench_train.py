@@ -195,15 +195,17 @@ def after_compile(data, configs: list[dict], eval_every: int) -> list[dict]:
             labels = jax.device_put(data.train.labels, replicated)
             per_call = 1 if devices[0].platform == "cpu" else T.steps_per_call(steps_per_epoch)
             chunk = T.make_train_chunk(model, tx, cfg, mesh)
+            # Calls as train_and_evaluate makes them: per epoch, full calls and the remainder.
+            calls = [b[i:i + per_call] for b in np.split(batches, c["epochs"])
+                     for i in range(0, steps_per_epoch, per_call)]
             t0 = time.perf_counter()
-            compiled = chunk.lower(state, images, labels, batches[:per_call], train_key).compile()
-            print(f"  compiled {label} ({per_call} steps a call) in {time.perf_counter() - t0:.1f} s", flush=True)
-            calls = [batches[i:i + per_call] for i in range(0, len(batches), per_call)]
-            if len(calls[-1]) != per_call:
-                calls = calls[:-1]  # one compiled length only
+            compiled = {k: chunk.lower(state, images, labels, batches[:k], train_key).compile()
+                        for k in sorted({len(r) for r in calls})}
+            print(f"  compiled {label} ({', '.join(map(str, compiled))} steps a call) in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
 
             def run_call(state, rows, compiled=compiled, images=images, labels=labels, key=train_key):
-                return compiled(state, images, labels, rows, key)[0]
+                return compiled[len(rows)](state, images, labels, rows, key)[0]
 
             eval_fn = T.make_eval_fn(model)
 
