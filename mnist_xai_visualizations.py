@@ -259,7 +259,7 @@ class Explainer:
 
     #: images per compiled call; large batches are processed in chunks of this size so that
     #: memory stays bounded (the last chunk is padded, so each size compiles once). Sized for
-    #: a GPU: on an H100, saliency ran 114,000 maps/s at 512 a call and 156,000 at 4,096
+    #: a GPU: on an H100, saliency ran 114,000 maps/s at 512 a call, 156,000-213,000 at 4,096
     #: (README_MNIST_XAI.md); pass a smaller ``chunk_size`` on a GPU with little memory.
     chunk_size: int = 4096
     #: the same on a CPU, where smaller calls keep activations in cache (None: ``chunk_size``).
