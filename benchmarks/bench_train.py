@@ -148,13 +148,10 @@ def after_compile(data, configs: list[dict], eval_every: int) -> list[dict]:
 
     devices = jax.devices()
     mesh = Mesh(np.array(devices), ("data",))
-    test_x, test_y = data.test.images, data.test.labels
     results = []
     for c in configs:
         steps_per_epoch = len(data.train) // c["batch"]
-        perms = [np.random.default_rng([0, e]).permutation(len(data.train))[:steps_per_epoch * c["batch"]]
-                 .reshape(steps_per_epoch, c["batch"]) for e in range(c["epochs"])]
-        batches = np.concatenate(perms)
+        batches = np.concatenate([T.epoch_batches(0, e, len(data.train), c["batch"]) for e in range(c["epochs"])])
         label = ",".join(f"{k}={v}" for k, v in c.items())
         if c["ref"]:
             model = ReferenceCNN()
@@ -185,15 +182,12 @@ def after_compile(data, configs: list[dict], eval_every: int) -> list[dict]:
             cfg = T.TrainConfig(epochs=c["epochs"], batch_size=c["batch"], learning_rate=c["lr"],
                                 augment=bool(c["augment"]))
             tx = T.make_optimizer(cfg, len(batches))
-            init_key, train_key = jax.random.split(jax.random.PRNGKey(0))
-            v = jax.jit(model.init)(init_key, jnp.zeros((1, 28, 28, 1)))
-            state = {"params": v["params"], "batch_stats": v["batch_stats"], "opt_state": tx.init(v["params"]),
-                     "step": jnp.zeros((), jnp.int32)}
+            state, train_key = T.initial_state(model, tx, seed=0)
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             state = jax.device_put(state, replicated)
             images = jax.device_put(data.train.images, replicated)
             labels = jax.device_put(data.train.labels, replicated)
-            per_call = 1 if devices[0].platform == "cpu" else T.steps_per_call(steps_per_epoch)
+            per_call = T.steps_per_call(steps_per_epoch, devices[0].platform)
             chunk = T.make_train_chunk(model, tx, cfg, mesh)
             # Calls as train_and_evaluate makes them: per epoch, full calls and the remainder.
             calls = [b[i:i + per_call] for b in np.split(batches, c["epochs"])
