@@ -25,8 +25,17 @@ DEFAULT_OUT = Path("outputs") / "xai_eval"
 PASS_CORRELATION = 0.5  # randomisation test: mean Spearman below this after the full cascade
 
 
+def _interval(values, seed):
+    """Bootstrap 95% interval of the mean over the finite values (NaN: a constant map)."""
+    import mnist_xai_metrics as M
+    finite = values[np.isfinite(values)]
+    return list(M.bootstrap_ci(finite, seed)[1:]) if len(finite) else [float("nan")] * 2
+
+
 def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0, steps=16,
-                     randomization_images=100, progress=print) -> dict:
+                     randomization_images=100, progress=print) -> tuple[dict, dict]:
+    """Returns the report (JSON-ready) and the first digit's maps through the randomisation
+    cascade (``{"image", "target", "maps": {method: (1 + stages, 28, 28)}}``) for its figure."""
     import jax
     from tqdm import tqdm
 
@@ -56,7 +65,7 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
         timings[name] = time.perf_counter() - t0
         progress(f"  {name}: maps in {timings[name]:.1f} s")
 
-    results = {}
+    results, example = {}, {}  # example: the first digit's maps through the cascade, for the figure
     stages = len(M.cascading_layers(params))
     for name, maps in maps_by_name.items():
         t0 = time.perf_counter()
@@ -73,33 +82,41 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
                 "maps_seconds": timings.get(name),
             }
             if name in methods:
-                cascade = M.randomization_test(explainers[name], params, batch_stats, fresh, images[sub], targets[sub],
-                                               key=key, maps=maps[sub], progress=b.update)
+                cascade, details = M.randomization_test(explainers[name], params, batch_stats, fresh, images[sub],
+                                                        targets[sub], key=key, maps=maps[sub], progress=b.update,
+                                                        return_details=True)
                 row["randomization"] = cascade
+                row["randomization_ci"] = [_interval(r, seed) for r in details["rho"]]
                 row["randomization_passes"] = bool(cascade[-1][1] < PASS_CORRELATION)
+                example[name] = np.concatenate([maps[:1], details["maps"][:, 0]])  # trained, then each stage
             if name == "integrated_gradients":
                 err = M.completeness_error(explainers[name], params, batch_stats, images, targets, maps)
                 row["completeness_error_mean"] = float(err.mean())
                 row["completeness_error_max"] = float(err.max())
             results[name] = row
         progress(f"  {name}: metrics in {time.perf_counter() - t0:.1f} s")
-    return {"results": results, "num_images": len(images), "steps": steps,
-            "randomization_images": sub.stop, "pass_correlation": PASS_CORRELATION,
-            "model_accuracy": float((targets == labels).mean())}
+    report = {"results": results, "num_images": len(images), "steps": steps,
+              "randomization_images": sub.stop, "pass_correlation": PASS_CORRELATION,
+              "model_accuracy": float((targets == labels).mean())}
+    return report, {"image": images[0, ..., 0], "target": int(targets[0]), "maps": example}
 
 
 def format_table(report: dict) -> str:
     res = report["results"]
     rnd = res["random (baseline)"]
     lines = ["| method | deletion AUC ↓ (95% CI) | insertion AUC ↑ (95% CI) | beats random (del/ins) "
-             "| ink share (random) | randomisation ρ after full cascade | passes | IG completeness error |",
+             "| ink share (random) | randomisation ρ after full cascade (95% CI) | passes | IG completeness error |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in res.items():
         d, i = r["deletion_auc"], r["insertion_auc"]
         beats = "—" if "baseline" in name else \
             f"{'yes' if d[2] < rnd['deletion_auc'][1] else 'no'}/{'yes' if i[1] > rnd['insertion_auc'][2] else 'no'}"
         ink = f"{r['ink_share']:.2f} ({r['ink_share_random']:.2f})"
-        casc = f"{r['randomization'][-1][1]:.2f}" if "randomization" in r else "—"
+        casc = "—"
+        if "randomization" in r:
+            casc = f"{r['randomization'][-1][1]:.2f}"
+            if "randomization_ci" in r:
+                casc += " ({:.2f}–{:.2f})".format(*r["randomization_ci"][-1])
         passes = ("yes" if r["randomization_passes"] else "no") if "randomization" in r else "—"
         comp = f"{100 * r['completeness_error_mean']:.2f}% mean" if "completeness_error_mean" in r else "—"
         lines.append(f"| {name} | {d[0]:.3f} ({d[1]:.3f}–{d[2]:.3f}) | {i[0]:.3f} ({i[1]:.3f}–{i[2]:.3f}) "
@@ -129,7 +146,66 @@ def plot_curves(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(report: dict, out: Path, command: str) -> None:
+def plot_randomization(report: dict, example: dict, path: Path, maps_path: Path) -> None:
+    """Adebayo et al.'s two views of the cascade: mean Spearman rho per stage with its 95%
+    interval, and one digit's |map| as the layers are re-initialised from the top down."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {k: r for k, r in report["results"].items() if "randomization" in r}
+    if not rows:
+        return
+    layers = [layer for layer, _ in next(iter(rows.values()))["randomization"]]
+    x = np.arange(len(layers) + 1)
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    lowest = -0.3
+    for name, r in rows.items():
+        rho = [1.0] + [v for _, v in r["randomization"]]
+        lo = [1.0] + [c[0] for c in r["randomization_ci"]]
+        hi = [1.0] + [c[1] for c in r["randomization_ci"]]
+        line, = ax.plot(x, rho, "o-", ms=3, label=f"{name} ({'pass' if r['randomization_passes'] else 'fail'})")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        lowest = min(lowest, np.nanmin(lo) - 0.05)
+    ax.axhline(report["pass_correlation"], color="k", ls=":", lw=1)
+    ax.set_xticks(x, ["trained"] + [f"+{layer}" if i else layer for i, layer in enumerate(layers)])
+    ax.set(xlabel="layers re-initialised, from the output down (cumulative)",
+           ylabel="Spearman ρ of |map| with the trained model's", ylim=(lowest, 1.05),
+           title=f"Cascading randomisation, mean over {report['randomization_images']} digits (95% interval); "
+                 f"pass: ρ < {report['pass_correlation']} at the end")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+    names = [k for k in rows if k in example["maps"]]
+    if not names:
+        return
+    cols = 2 + len(layers)
+    fig, axes = plt.subplots(len(names), cols, figsize=(1.15 * cols, 1.25 * len(names) + 0.5), squeeze=False)
+    for i, name in enumerate(names):
+        axes[i, 0].imshow(example["image"], cmap="gray", vmin=0, vmax=1)
+        for j, m in enumerate(np.abs(example["maps"][name])):
+            span = m.max() - m.min()
+            axes[i, j + 1].imshow((m - m.min()) / span if span > 0 else np.zeros_like(m), cmap="inferno",
+                                  vmin=0, vmax=1)
+        axes[i, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+        for j, title in enumerate(["digit", "trained"] + [f"+{layer}" if k else layer for k, layer in enumerate(layers)]):
+            if i == 0:
+                axes[i, j].set_title(title, fontsize=7)
+    for a in axes.flat:
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.suptitle(f"One digit's |map| (explaining class {example['target']}) as layers are re-initialised; "
+                 "a map that reflects the model changes", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(maps_path, dpi=90)
+    plt.close(fig)
+
+
+def write_outputs(report: dict, out: Path, command: str, example: dict | None = None) -> None:
     """Write everything into a fresh folder beside ``out``, then swap it in."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -142,6 +218,10 @@ def write_outputs(report: dict, out: Path, command: str) -> None:
         f"(pass: mean Spearman ρ < {report['pass_correlation']} after re-initialising every layer).\n\n"
         f"{format_table(report)}\n\n![curves](curves.png)\n")
     plot_curves(report, tmp / "curves.png")
+    if example is not None and example["maps"]:
+        plot_randomization(report, example, tmp / "randomization.png", tmp / "randomization_maps.png")
+        with (tmp / "results.md").open("a") as f:
+            f.write("\n![randomisation](randomization.png)\n\n![one digit through the cascade](randomization_maps.png)\n")
     from mnist_checkpoint import swap_in
     swap_in(tmp, out)
 
@@ -187,18 +267,18 @@ def main(argv=None) -> int:
     split = split.take(args.num_images)
     images = split.images.astype(np.float32) / 255.0
     t0 = time.perf_counter()
-    report = evaluate_methods(params, batch_stats, model, images, split.labels, methods, args.seed, args.steps,
-                              args.randomization_images)
+    report, example = evaluate_methods(params, batch_stats, model, images, split.labels, methods, args.seed,
+                                       args.steps, args.randomization_images)
     report.update({"seconds": time.perf_counter() - t0, "date": datetime.date.today().isoformat(),
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}"})
     print(format_table(report))
     command = "python evaluate_xai.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        write_outputs(report, Path(args.out), command.strip())
+        write_outputs(report, Path(args.out), command.strip(), example)
     except OSError as e:
         print(f"error: cannot write into {args.out}: {e.strerror}", file=sys.stderr)
         return 2
-    print(f"wrote results.json, results.md and curves.png into {args.out} ({report['seconds']:.0f} s)")
+    print(f"wrote results.json, results.md, curves.png, randomization.png and randomization_maps.png into {args.out} ({report['seconds']:.0f} s)")
     return 0
 
 

@@ -174,20 +174,29 @@ def randomized_params(params, fresh_params, layers: list[str]):
 
 
 def randomization_test(explainer, params, batch_stats, fresh_params, images, targets, key=None, maps=None,
-                       progress=None):
+                       progress=None, return_details=False):
     """Cascading model-parameter randomisation. Returns [(layers randomised so far, mean
     Spearman correlation of |map| with the trained model's |map|)], top layer first.
     ``maps``: the trained model's maps of ``images`` when already computed (same targets and key).
-    ``progress(images_done)`` is called after each chunk of each stage."""
+    ``progress(images_done)`` is called after each chunk of each stage.
+    ``return_details=True`` also returns ``{"rho": (stages, N) per-image correlations,
+    "maps": (stages, N, 28, 28) the randomised models' maps}``, e.g. for intervals and the
+    figure of one digit's maps as the layers are re-initialised (Adebayo et al.'s fig. 2)."""
     if maps is None:
         maps = explainer.attribute(params, batch_stats, images, targets, key=key)
     base = np.abs(np.asarray(maps).reshape(len(images), 28, 28))
-    results, done = [], []
+    results, done, rhos, stage_maps = [], [], [], []
     for layer in cascading_layers(params):
         done.append(layer)
-        rand = np.abs(explainer.attribute(randomized_params(params, fresh_params, done), batch_stats,
-                                          images, targets, key=key, progress=progress))
-        results.append((layer, float(np.nanmean(spearman_rows(base, rand)))))
+        rand = np.asarray(explainer.attribute(randomized_params(params, fresh_params, done), batch_stats,
+                                              images, targets, key=key, progress=progress))
+        rho = spearman_rows(base, np.abs(rand))
+        results.append((layer, float(np.nanmean(rho))))
+        if return_details:
+            rhos.append(rho)
+            stage_maps.append(rand)
+    if return_details:
+        return results, {"rho": np.stack(rhos), "maps": np.stack(stage_maps)}
     return results
 
 

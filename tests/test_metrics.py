@@ -102,6 +102,15 @@ def test_randomization_changes_maps_for_a_different_model():
     maps = X.Saliency(model).attribute(params, batch_stats, _images(4))
     given = M.randomization_test(X.Saliency(model), params, batch_stats, fresh, _images(4), None, maps=maps)
     np.testing.assert_allclose([rho for _, rho in given], [rho for _, rho in result], rtol=1e-9)
+    # Details: per-image correlations whose means are the results, and each stage's maps.
+    again, details = M.randomization_test(X.Saliency(model), params, batch_stats, fresh, _images(4), None,
+                                          return_details=True)
+    assert again == result
+    assert details["rho"].shape == (8, 4) and details["maps"].shape == (8, 4, 28, 28)
+    np.testing.assert_allclose(np.nanmean(details["rho"], 1), [rho for _, rho in result], rtol=1e-12)
+    last = X.Saliency(model).attribute(M.randomized_params(params, fresh, M.cascading_layers(params)),
+                                       batch_stats, _images(4))
+    np.testing.assert_allclose(details["maps"][-1], last, rtol=1e-6, atol=1e-9)
 
 
 def test_ink_share_of_the_ink_itself_is_one():
@@ -173,5 +182,10 @@ def test_cli_small_run_writes_every_output(tmp_path):
                                       "integrated_gradients"}
     assert report["results"]["integrated_gradients"]["completeness_error_mean"] < 0.01
     assert "| gradcam |" in (out / "results.md").read_text()
-    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    for png in ("curves.png", "randomization.png", "randomization_maps.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+        assert f"]({png})" in (out / "results.md").read_text()
+    for name in ("gradcam", "saliency", "integrated_gradients"):
+        ci = report["results"][name]["randomization_ci"]
+        assert len(ci) == 8 and all(lo <= rho <= hi for (_, rho), (lo, hi) in zip(report["results"][name]["randomization"], ci))
     assert not out.with_name("eval.tmp").exists()
