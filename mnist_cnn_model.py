@@ -175,19 +175,36 @@ class MNISTCNN(nn.Module):
     def conv_block(self, k: int, x: jax.Array, train: bool = False, padding: str = "SAME") -> jax.Array:
         """Conv layer ``k`` -> BatchNorm -> ReLU.
 
+        At inference BatchNorm is an affine map per channel, folded into the conv's kernel and
+        bias (``folded_conv``): one conv, a bias and a ReLU, the same values to float rounding.
+        On this project's 2-core CPU that made Score-CAM 17-35% faster and the deletion/insertion
+        curves 7-14% (three interleaved A/B runs; gradient methods and Occlusion unchanged).
+
         ``padding="VALID"`` (inference only) drops the zero border: a crop of h x w gives
         (h-2) x (w-2) values, equal to the SAME layer's on the crop's interior. Incremental
         occlusion uses it to recompute only the region a patch changes.
         """
-        if padding == "SAME":
-            y = self.convs[k](x)
-        elif padding == "VALID":
-            p = self.convs[k].variables["params"]
-            y = lax.conv_general_dilated(x.astype(self.dtype), p["kernel"].astype(self.dtype), (1, 1), "VALID",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"].astype(self.dtype)
-        else:
+        if padding not in ("SAME", "VALID"):
             raise ValueError(f"padding: expected 'SAME' or 'VALID', got {padding!r}")
-        return nn.relu(self.norms[k](y, use_running_average=not train))
+        if train or self.is_initializing():
+            if padding == "VALID":
+                raise ValueError("padding='VALID' is for inference only (train=False)")
+            return nn.relu(self.norms[k](self.convs[k](x), use_running_average=not train))
+        w, b = self.folded_conv(k)
+        x = x.astype(self.dtype)
+        y = conv3x3(x, w) if padding == "SAME" else lax.conv_general_dilated(
+            x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return nn.relu(y + b)
+
+    def folded_conv(self, k: int) -> tuple[jax.Array, jax.Array]:
+        """Kernel and bias of conv layer ``k`` with its BatchNorm's running statistics folded in:
+        BN(conv(x, W) + c) = conv(x, W * s) + (c - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+        conv = self.convs[k].variables["params"]
+        norm = self.norms[k]
+        stats, affine = norm.variables["batch_stats"], norm.variables["params"]
+        s = affine["scale"] * lax.rsqrt(stats["var"] + norm.epsilon)
+        bias = (conv["bias"] - stats["mean"]) * s + affine["bias"]
+        return (conv["kernel"] * s).astype(self.dtype), bias.astype(self.dtype)
 
     def features(self, images: jax.Array, train: bool = False) -> jax.Array:
         """Images (N, 28, 28, 1) in [0, 1] -> last conv block's feature map (N, 7, 7, 128)."""
