@@ -51,6 +51,32 @@ def test_valid_conv_block_is_the_same_block_on_the_interior():
         model.apply(variables, 0, stem, padding="FULL", method=MNISTCNN.conv_block)
 
 
+def test_inference_folds_batchnorm_into_the_conv_with_the_same_values():
+    """At inference each block is conv(x, W*s) + (b - mean)*s + beta, s = gamma/sqrt(var + eps):
+    the same as conv -> BatchNorm(running statistics) -> ReLU, with non-trivial statistics;
+    training still normalises with the batch's statistics; VALID is refused in training."""
+    params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    params = jax.tree_util.tree_map(lambda a: a + 0.3 * rng.normal(size=a.shape).astype(np.float32), params)
+    batch_stats = {k: {"mean": rng.normal(size=v["mean"].shape).astype(np.float32),
+                       "var": rng.uniform(0.2, 3.0, size=v["var"].shape).astype(np.float32)}
+                   for k, v in batch_stats.items()}
+    variables = {"params": params, "batch_stats": batch_stats}
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, 28, 28, 1))
+    p, bn, st = params["conv1"], params["bn1"], batch_stats["bn1"]
+    expected = jax.nn.relu((_xla_conv(x, p["kernel"]) + p["bias"] - st["mean"]) / np.sqrt(st["var"] + 1e-5)
+                           * bn["scale"] + bn["bias"])
+    got = model.apply(variables, 0, x, method=MNISTCNN.conv_block)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    y = _xla_conv(x, p["kernel"]) + p["bias"]
+    mu, var = y.mean((0, 1, 2)), y.var((0, 1, 2))
+    trained, _ = model.apply(variables, 0, x, True, method=MNISTCNN.conv_block, mutable=["batch_stats"])
+    np.testing.assert_allclose(trained, jax.nn.relu((y - mu) / jnp.sqrt(var + 1e-5) * bn["scale"] + bn["bias"]),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="inference only"):
+        model.apply(variables, 0, x, True, "VALID", method=MNISTCNN.conv_block, mutable=["batch_stats"])
+
+
 def _xla_conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
