@@ -6,8 +6,9 @@
 For each method: deletion and insertion AUC (with bootstrap 95% intervals) against a random
 and a Sobel-edge baseline, the cascading parameter-randomisation test (on a subset of
 ``--randomization-images``), the share of positive attribution on ink, and the Integrated
-Gradients completeness error. Writes results.json, results.md and curves.png into --out;
-prints the table. See mnist_xai_metrics.py for the definitions and papers.
+Gradients completeness error. Writes results.json, results.md, curves.png (deletion and
+insertion), randomization.png (rho per cascade stage, 95% intervals) and randomization_maps.png
+(the first digit's maps as the layers are re-initialised) into --out; prints the table. See mnist_xai_metrics.py for the definitions and papers.
 """
 from __future__ import annotations
 
