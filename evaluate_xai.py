@@ -8,7 +8,8 @@ and a Sobel-edge baseline, the cascading parameter-randomisation test (on a subs
 ``--randomization-images``), the share of positive attribution on ink, and the Integrated
 Gradients completeness error. Writes results.json, results.md, curves.png (deletion and
 insertion), randomization.png (rho per cascade stage, 95% intervals) and randomization_maps.png
-(the first digit's maps as the layers are re-initialised) into --out; prints the table. See mnist_xai_metrics.py for the definitions and papers.
+(the first digit's maps as the layers are re-initialised) into --out; prints the table.
+See mnist_xai_metrics.py for the definitions and papers.
 """
 from __future__ import annotations
 
@@ -193,9 +194,8 @@ def plot_randomization(report: dict, example: dict, path: Path, maps_path: Path)
             axes[i, j + 1].imshow((m - m.min()) / span if span > 0 else np.zeros_like(m), cmap="inferno",
                                   vmin=0, vmax=1)
         axes[i, 0].set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-        for j, title in enumerate(["digit", "trained"] + [f"+{layer}" if k else layer for k, layer in enumerate(layers)]):
-            if i == 0:
-                axes[i, j].set_title(title, fontsize=7)
+    for j, title in enumerate(["digit", "trained"] + [f"+{layer}" if k else layer for k, layer in enumerate(layers)]):
+        axes[0, j].set_title(title, fontsize=7)
     for a in axes.flat:
         a.set_xticks([])
         a.set_yticks([])
@@ -279,7 +279,8 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"error: cannot write into {args.out}: {e.strerror}", file=sys.stderr)
         return 2
-    print(f"wrote results.json, results.md, curves.png, randomization.png and randomization_maps.png into {args.out} ({report['seconds']:.0f} s)")
+    print(f"wrote results.json, results.md, curves.png, randomization.png and randomization_maps.png "
+          f"into {args.out} ({report['seconds']:.0f} s)")
     return 0
 
 
