@@ -146,6 +146,14 @@ def make_train_chunk(model: MNISTCNN, tx, cfg: TrainConfig, mesh: Mesh):
     return jax.jit(sharded, donate_argnums=0)
 
 
+def on_all_devices(model: MNISTCNN, tx, cfg: TrainConfig, state: dict, images, labels):
+    """The state and the training set (uint8 images, gathered into batches on the device)
+    replicated on every local device, and ``make_train_chunk`` over their mesh."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    state, images, labels = jax.device_put((state, images, labels), NamedSharding(mesh, P()))
+    return state, images, labels, make_train_chunk(model, tx, cfg, mesh)
+
+
 def make_eval_fn(model: MNISTCNN):
     @jax.jit
     def eval_batch(params, batch_stats, images, labels, mask):
@@ -287,12 +295,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
             history = old_meta.get("history", [])
             log(f"resumed from step {int(state['step'])} (epoch {len(history)})")
 
-    mesh = Mesh(np.array(devices), ("data",))
-    replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, replicated)
-    images = jax.device_put(train.images, replicated)  # uint8, kept on the device
-    labels = jax.device_put(train.labels, replicated)
-    train_chunk = make_train_chunk(model, tx, cfg, mesh)
+    state, images, labels, train_chunk = on_all_devices(model, tx, cfg, state, train.images, train.labels)
     per_call = cfg.steps_per_call or steps_per_call(steps_per_epoch, devices[0].platform)
     eval_fn = make_eval_fn(model)
 

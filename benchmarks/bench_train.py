@@ -143,11 +143,9 @@ def _fmt(x):
 
 
 def after_compile(data, configs: list[dict], eval_every: int) -> list[dict]:
-    from jax.sharding import Mesh
     from mnist_cnn_model import MNISTCNN
 
     devices = jax.devices()
-    mesh = Mesh(np.array(devices), ("data",))
     results = []
     for c in configs:
         steps_per_epoch = len(data.train) // c["batch"]
@@ -183,12 +181,9 @@ def after_compile(data, configs: list[dict], eval_every: int) -> list[dict]:
                                 augment=bool(c["augment"]))
             tx = T.make_optimizer(cfg, len(batches))
             state, train_key = T.initial_state(model, tx, seed=0)
-            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            state = jax.device_put(state, replicated)
-            images = jax.device_put(data.train.images, replicated)
-            labels = jax.device_put(data.train.labels, replicated)
+            state, images, labels, chunk = T.on_all_devices(model, tx, cfg, state, data.train.images,
+                                                            data.train.labels)
             per_call = T.steps_per_call(steps_per_epoch, devices[0].platform)
-            chunk = T.make_train_chunk(model, tx, cfg, mesh)
             # Calls as train_and_evaluate makes them: per epoch, full calls and the remainder.
             calls = [b[i:i + per_call] for b in np.split(batches, c["epochs"])
                      for i in range(0, steps_per_epoch, per_call)]

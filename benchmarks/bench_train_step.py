@@ -21,7 +21,6 @@ use_one_device_per_core()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import train_mnist as T  # noqa: E402
 from mnist_cnn_model import MNISTCNN  # noqa: E402
@@ -41,14 +40,11 @@ def main() -> None:
     model = MNISTCNN()
     tx = T.make_optimizer(cfg, 1000)
     state, key = T.initial_state(model, tx, 0)
-    mesh = Mesh(np.array(devices), ("data",))
-    replicated = NamedSharding(mesh, P())
     n = (args.steps + 2) * args.batch_size
     rng = np.random.default_rng(0)
-    images = jax.device_put(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), replicated)
-    labels = jax.device_put(rng.integers(0, 10, (n,), dtype=np.int32), replicated)
-    state = jax.device_put(state, replicated)
-    chunk = T.make_train_chunk(model, tx, cfg, mesh)  # one step a call, as on a CPU
+    state, images, labels, chunk = T.on_all_devices(  # called one step at a time, as on a CPU
+        model, tx, cfg, state, rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+        rng.integers(0, 10, (n,), dtype=np.int32))
     batches = np.arange(n, dtype=np.int32).reshape(-1, 1, args.batch_size)
     for i in range(2):  # compile, then one more untimed step
         state, _ = chunk(state, images, labels, batches[i], key)
