@@ -57,6 +57,17 @@ def _confidences(logits: np.ndarray) -> np.ndarray:
     return p / p.sum(-1, keepdims=True)
 
 
+def most_confused(cm: np.ndarray, top: int = 5) -> list[tuple[int, int, int]]:
+    """``(true, predicted, count)`` of the ``top`` most frequent errors in a confusion matrix
+    (rows true, columns predicted), most frequent first, plus every pair tied with the last;
+    ties in (true, predicted) order, so the list does not depend on a sort's whims."""
+    errors = [(int(t), int(p), int(cm[t, p])) for t, p in zip(*np.nonzero(cm)) if t != p]
+    errors.sort(key=lambda e: -e[2])  # stable: ties keep their row-major order
+    if len(errors) <= top:
+        return errors
+    return [e for e in errors if e[2] >= errors[top - 1][2]]
+
+
 def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, checkpoint: str | None,
              data_name: str, progress: bool = True, chunk: int = 500) -> dict:
     """Explain ``images_u8`` (N, 28, 28, 1) with the checkpoint's model; write figures + report."""
@@ -146,10 +157,7 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     # 3. Confusion matrix and the most-confused pairs, as measured.
     cm = np.zeros((10, 10), np.int64)
     np.add.at(cm, (labels, preds), 1)
-    off = cm.copy()
-    np.fill_diagonal(off, 0)
-    order = np.dstack(np.unravel_index(np.argsort(-off, axis=None), off.shape))[0]
-    pairs = [(int(t), int(p), int(off[t, p])) for t, p in order if off[t, p] > 0][:5]
+    pairs = most_confused(cm)
     fig, ax = plt.subplots(figsize=(6.2, 5.4))
     im = ax.imshow(np.log1p(cm), cmap="Blues")
     for t in range(10):

@@ -117,3 +117,18 @@ def test_notebook_runs_offline():
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
     assert not any(o.get("output_type") == "error" for o in outputs)
+
+
+def test_most_confused_pairs_keep_ties_in_a_fixed_order():
+    from demo_mnist_xai import most_confused
+
+    cm = np.diag(np.full(10, 50))
+    for (t, p), c in {(9, 4): 6, (5, 3): 3, (8, 3): 2, (7, 2): 2, (7, 1): 2, (6, 0): 2, (4, 9): 2, (1, 7): 1}.items():
+        cm[t, p] = c
+    # The 5th most frequent error has count 2, shared by five pairs: all of them, in (true, predicted) order.
+    assert most_confused(cm) == [(9, 4, 6), (5, 3, 3), (4, 9, 2), (6, 0, 2), (7, 1, 2), (7, 2, 2), (8, 3, 2)]
+    assert most_confused(cm, top=1) == [(9, 4, 6)]
+    assert most_confused(np.diag(np.full(10, 5))) == []
+    few = np.diag(np.full(10, 5))
+    few[3, 8] = 1
+    assert most_confused(few) == [(3, 8, 1)]
