@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_OUT = Path("outputs") / "xai_eval"
+OUTPUT_FILES = frozenset({"results.json", "results.md", "curves.png", "randomization.png", "randomization_maps.png"})
 PASS_CORRELATION = 0.5  # randomisation test: mean Spearman below this after the full cascade
 
 
@@ -212,6 +213,15 @@ def write_outputs(report: dict, out: Path, command: str, example: dict | None = 
     """Write everything into a fresh folder beside ``out``, then swap it in."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_into(tmp, report, command, example)
+        from mnist_checkpoint import swap_in
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # left only by a failure
+
+
+def _write_into(tmp: Path, report: dict, command: str, example: dict | None) -> None:
     tmp.mkdir(parents=True)
     (tmp / "results.json").write_text(json.dumps(report, indent=2))
     (tmp / "results.md").write_text(
@@ -225,8 +235,6 @@ def write_outputs(report: dict, out: Path, command: str, example: dict | None = 
         plot_randomization(report, example, tmp / "randomization.png", tmp / "randomization_maps.png")
         with (tmp / "results.md").open("a") as f:
             f.write("\n![randomisation](randomization.png)\n\n![one digit through the cascade](randomization_maps.png)\n")
-    from mnist_checkpoint import swap_in
-    swap_in(tmp, out)
 
 
 def main(argv=None) -> int:
@@ -242,7 +250,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default: %(default)s)")
     parser.add_argument("--randomization-images", type=int, default=100, help="default: %(default)s")
     args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # once each
     unknown = [m for m in methods if m not in X.METHODS]
     if unknown or not methods:
         parser.error(f"--methods: expected names from {', '.join(X.METHODS)}, got {', '.join(unknown) or 'none'}")
@@ -250,21 +258,24 @@ def main(argv=None) -> int:
                                ("--randomization-images", args.randomization_images, 1)):
         if value < least:
             parser.error(f"{flag}: expected an integer >= {least}, got {value}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed: expected an integer in [0, 2**32), got {args.seed}")
 
     import datetime
     import platform
 
     import jax
 
-    from mnist_checkpoint import CheckpointError, load_checkpoint
+    from mnist_checkpoint import CheckpointError, check_output_folder, load_checkpoint
     from mnist_data import MNISTDataError, load_sample_digits, load_test_split, resolve_data_dir
 
     try:
+        check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the minutes of work, not after
         params, batch_stats, model, _ = load_checkpoint(args.checkpoint)
         split = load_test_split(args.data_dir) if resolve_data_dir(args.data_dir) else load_sample_digits()
         if args.num_images > len(split):
             raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} test digits available")
-    except (CheckpointError, MNISTDataError) as e:
+    except (CheckpointError, MNISTDataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     split = split.take(args.num_images)

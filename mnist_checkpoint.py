@@ -70,6 +70,14 @@ def restore_latest(manager: ocp.CheckpointManager, target: dict):
     return out["state"], out["meta"]
 
 
+def _read_meta(step_dir: Path) -> dict:
+    try:
+        meta = json.loads((step_dir / "meta" / "metadata").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _step_dirs(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
@@ -87,10 +95,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path}: no finished checkpoint found in it; {GET_CHECKPOINT_HINT}")
     best, best_acc = steps[-1], -1.0
     for step_dir in steps:
-        try:
-            acc = json.loads((step_dir / "meta" / "metadata").read_text()).get("val_accuracy")
-        except (OSError, ValueError):
-            acc = None
+        acc = _read_meta(step_dir).get("val_accuracy")
         if acc is not None and acc > best_acc:
             best, best_acc = step_dir, acc
     return best
@@ -110,10 +115,22 @@ def load_checkpoint(path: str | os.PathLike | None = None):
         raise CheckpointError(f"{step_dir}: cannot read checkpoint ({msg}); {GET_CHECKPOINT_HINT}") from None
     if "model" not in meta or "params" not in state or "batch_stats" not in state:
         raise CheckpointError(f"{step_dir}: not an MNIST CNN checkpoint (no model config or weights)")
-    model = MNISTCNN.from_config(meta["model"])
+    if not isinstance(meta["model"], dict):
+        raise CheckpointError(f"{step_dir}: model config: expected a JSON object, got {meta['model']!r:.60}")
     params = jax.tree_util.tree_map(np.asarray, state["params"])
     batch_stats = jax.tree_util.tree_map(np.asarray, state["batch_stats"])
-    check_fits(model, params, batch_stats, where=str(step_dir))
+    try:
+        model = MNISTCNN.from_config(meta["model"])
+        check_fits(model, params, batch_stats, where=str(step_dir))
+    except CheckpointError:
+        raise
+    except Exception as e:  # a hand-edited config: wrong types, impossible widths, unknown dtype
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{step_dir}: model config {meta['model']} does not build a model ({first})") from None
+    bad = [k for k, v in _flatten({"params": params, "batch_stats": batch_stats}) if not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{step_dir}: weights hold NaN/inf values ({bad[0]}{' and more' if len(bad) > 1 else ''}; "
+                              "a diverged training run?)")
     return params, batch_stats, model, meta
 
 
@@ -150,10 +167,14 @@ def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test
     """
     import shutil
 
+    dst = Path(dst).absolute()
+    check_output_folder(dst, EXPORT_FILES, "--export")
+    steps = _step_dirs(dst / CKPT_SUBDIR) if (dst / CKPT_SUBDIR).is_dir() else []
+    if any("exported_from" not in _read_meta(d) for d in steps):
+        raise CheckpointError(f"--export {dst}: holds a training run's checkpoints, not an export; choose another path")
     step_dir = resolve_checkpoint_dir(source)
     params, batch_stats, _, meta = load_checkpoint(step_dir)
     meta = {**meta, "test_accuracy": float(test_accuracy), "exported_from": str(step_dir)}
-    dst = Path(dst).absolute()
     tmp = dst.with_name(dst.name + ".export-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     manager = ocp.CheckpointManager(tmp / CKPT_SUBDIR, options=ocp.CheckpointManagerOptions(
@@ -171,6 +192,32 @@ def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test
         shutil.copy(workdir / "training_curves.png", tmp / "training_curves.png")
     swap_in(tmp, dst)
     return dst
+
+
+EXPORT_FILES = frozenset({CKPT_SUBDIR, "metrics.json", "training_curves.png"})
+
+
+def check_output_folder(dst: str | os.PathLike, names, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot be written or should not be replaced.
+
+    ``dst`` is replaced whole at the end (``swap_in``), so it must be absent, empty, or a
+    previous output of the same kind: nothing in it but ``names``. A folder holding anything
+    else, or a regular file, is refused rather than deleted. Writability is tried by creating
+    and removing a sibling, where the output will be built. Raises ValueError.
+    """
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"{flag} {dst}: expected a folder (new or a previous output), found a file")
+    foreign = sorted(p.name for p in dst.iterdir() if p.name not in names) if dst.is_dir() else []
+    if foreign:
+        raise ValueError(f"{flag} {dst}: expected a new folder or a previous output, found other files in it "
+                         f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another path")
+    probe = dst.with_name(dst.name + ".write-check")
+    try:
+        probe.mkdir(parents=True, exist_ok=True)
+        probe.rmdir()
+    except OSError as e:
+        raise ValueError(f"{flag} {dst}: cannot write there ({e.strerror})") from None
 
 
 def swap_in(new: Path, dst: Path) -> None:

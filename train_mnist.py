@@ -24,6 +24,7 @@ if __name__ == "__main__":  # before JAX is imported: one JAX device per CPU cor
 import argparse
 import dataclasses
 import json
+import math
 import signal
 import sys
 import time
@@ -252,6 +253,19 @@ def _chunk_lengths(start: int, steps_per_epoch: int, per_call: int) -> list[int]
     return out
 
 
+def check_workdir(workdir: str | os.PathLike, resume: bool) -> None:
+    """Refuse a workdir that is a file, or that holds checkpoints when not resuming: a new run
+    there would delete them (orbax keeps only the latest and best steps). Raises ValueError."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"--workdir {workdir}: expected a folder, found a file")
+    root = workdir / ckpt.CKPT_SUBDIR
+    steps = [p.name for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
+    if steps and not resume:
+        raise ValueError(f"--workdir {workdir} already holds checkpoints (steps {', '.join(sorted(steps, key=int))}): "
+                         "pass --resume to continue that run, or choose another --workdir")
+
+
 def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST,
                        resume: bool = False, progress: bool = True, log=print,
                        stop_after_steps: int | None = None, epoch_callback=None) -> dict:
@@ -265,6 +279,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
     from tqdm import tqdm
 
     workdir = Path(workdir)
+    check_workdir(workdir, resume)
     workdir.mkdir(parents=True, exist_ok=True)
     train = data.train.take(cfg.max_train_examples)
     devices = jax.devices()
@@ -274,6 +289,9 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training examples")
     total_steps = steps_per_epoch * cfg.epochs
+    if total_steps >= 2**31:  # the step counter is int32
+        raise ValueError(f"--epochs {cfg.epochs}: expected fewer than {2**31 // steps_per_epoch:,} epochs "
+                         f"of {steps_per_epoch} steps")
 
     model = MNISTCNN()
     tx = make_optimizer(cfg, total_steps)
@@ -284,14 +302,21 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
     manager = ckpt.make_manager(workdir)
     history: list[dict] = []
     if resume:
-        restored = ckpt.restore_latest(manager, state)
+        try:
+            restored = ckpt.restore_latest(manager, state)
+        except Exception as e:  # orbax: a weights-only export, or state of another shape
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--workdir {workdir}: cannot resume, its latest checkpoint is not a training "
+                             f"state of this model and optimizer ({first})") from None
         if restored is None:
             log(f"no checkpoint in {workdir} to resume from; starting afresh")
         else:
             state, old_meta = restored
-            if old_meta.get("train_config") != meta["train_config"]:
-                raise ValueError(f"{workdir}: --resume with a different config than the checkpoint's; "
-                                 f"stored {old_meta.get('train_config')}")
+            stored = old_meta.get("train_config") or {}
+            if stored != meta["train_config"]:
+                diff = ", ".join(f"{k} {stored.get(k)!r} there, {v!r} now" for k, v in meta["train_config"].items()
+                                 if stored.get(k) != v)
+                raise ValueError(f"{workdir}: --resume with a different config than the checkpoint's: {diff}")
             history = old_meta.get("history", [])
             log(f"resumed from step {int(state['step'])} (epoch {len(history)})")
 
@@ -393,8 +418,22 @@ def positive_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text}")
     return value
 
 
@@ -407,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="default: %(default)s")
     p.add_argument("--learning-rate", type=positive_float, default=d.learning_rate,
                    help="peak of the one-cycle schedule (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
-    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="default: %(default)s")
+    p.add_argument("--seed", type=seed_int, default=d.seed, help="default: %(default)s")
     p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples only")
     p.add_argument("--no-augment", action="store_true", help="turn off random rotation/scale/shift")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
@@ -429,6 +468,8 @@ def main(argv=None) -> int:
         if args.evaluate:
             if not args.checkpoint:
                 parser.error("--evaluate needs --checkpoint PATH")
+            if args.export:
+                ckpt.check_output_folder(args.export, ckpt.EXPORT_FILES, "--export")
             params, batch_stats, model, meta = ckpt.load_checkpoint(args.checkpoint)
             test = evaluate(model, params, batch_stats, load_test_split(args.data_dir))
             if args.export:
@@ -443,6 +484,7 @@ def main(argv=None) -> int:
                           weight_decay=args.weight_decay, seed=args.seed,
                           max_train_examples=args.max_train_examples, augment=not args.no_augment,
                           steps_per_call=args.steps_per_call)
+        check_workdir(args.workdir, args.resume)
         data = load_mnist(args.data_dir)
         print(f"data: {data.source}; train {len(data.train.take(cfg.max_train_examples))}, "
               f"validation {len(data.validation)}, test {len(data.test)}; devices: {len(jax.devices())} "
@@ -450,6 +492,9 @@ def main(argv=None) -> int:
         result = train_and_evaluate(cfg, args.workdir, data, resume=args.resume, progress=not args.no_progress)
     except (MNISTDataError, ckpt.CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a workdir or export folder that cannot be created or written
+        print(f"error: cannot write {e.filename or args.workdir}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -157,6 +157,20 @@ def test_cli_bad_input_exit_2_and_keeps_previous_results(args, message, tmp_path
     assert json.loads((out / "results.json").read_text()) == {"previous": True}
 
 
+def test_cli_refuses_an_out_folder_of_other_files_before_working(tmp_path):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.txt").write_text("keep me")
+    proc = _run("--out", str(out), "--num-images", "2", "--methods", "gradcam")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "found other files in it (chapter1.txt)" in proc.stderr.strip().splitlines()[-1]
+    assert (out / "chapter1.txt").read_text() == "keep me" and len(list(tmp_path.iterdir())) == 1
+    (tmp_path / "afile").write_text("keep me too")
+    proc = _run("--out", str(tmp_path / "afile"), "--num-images", "2", "--methods", "gradcam")
+    assert proc.returncode == 2 and "found a file" in proc.stderr
+    assert (tmp_path / "afile").read_text() == "keep me too"
+
+
 def test_cli_checkpoint_that_does_not_fit(tmp_path):
     import shutil
     import mnist_checkpoint as ckpt

@@ -294,7 +294,11 @@ def _run(*args, env=None):
 @pytest.mark.parametrize("args, message", [
     (["--epochs", "0"], "expected a positive integer, got 0"),
     (["--batch-size", "abc"], "invalid positive_int value"),
-    (["--learning-rate", "-1"], "expected a positive number"),
+    (["--learning-rate", "-1"], "expected a positive finite number"),
+    (["--learning-rate", "inf"], "expected a positive finite number, got inf"),
+    (["--weight-decay", "nan"], "expected a finite number >= 0, got nan"),
+    (["--seed", "-1"], "expected an integer in [0, 2**32), got -1"),
+    (["--seed", str(2**70)], "expected an integer in [0, 2**32)"),
     (["--evaluate"], "--evaluate needs --checkpoint"),
     (["--data-dir", "/no/such/folder", "--epochs", "1"], "/no/such/folder: data folder does not exist"),
     (["--evaluate", "--checkpoint", "/no/such/ckpt"], "/no/such/ckpt: no checkpoint there"),
@@ -304,6 +308,53 @@ def test_cli_bad_arguments_exit_2_with_one_line(args, message, tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_cli_refuses_to_train_over_checkpoints_without_resume(tmp_path):
+    (tmp_path / "ckpt" / "429").mkdir(parents=True)  # what a finished epoch leaves
+    proc = _run("train_mnist.py", "--workdir", str(tmp_path), "--data-dir", "/no/such/folder")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "already holds checkpoints (steps 429): pass --resume" in proc.stderr.strip().splitlines()[-1]
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["429"]
+    (tmp_path / "afile").write_text("x")
+    proc = _run("train_mnist.py", "--workdir", str(tmp_path / "afile"), "--data-dir", "/no/such/folder")
+    assert proc.returncode == 2 and "expected a folder, found a file" in proc.stderr
+
+
+def test_export_never_replaces_a_training_run_or_other_files(trained, tmp_path):
+    workdir, _ = trained
+    with pytest.raises(ckpt.CheckpointError, match="holds a training run's checkpoints, not an export"):
+        ckpt.export_for_inference(workdir, workdir, 0.5)
+    assert ckpt.resolve_checkpoint_dir(workdir)  # still there
+    other = tmp_path / "docs"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match=r"found other files in it \(notes.txt\)"):
+        ckpt.export_for_inference(workdir, other, 0.5)
+    exported = ckpt.export_for_inference(workdir, tmp_path / "export", 0.5)
+    assert ckpt.export_for_inference(workdir, exported, 0.5) == exported  # a previous export is replaced
+    assert json.loads((exported / "metrics.json").read_text())["test_accuracy"] == 0.5
+
+
+def test_checkpoints_with_a_broken_config_or_nan_weights_are_refused(trained, tmp_path):
+    import shutil
+    workdir, _ = trained
+    step_dir = ckpt.resolve_checkpoint_dir(workdir)
+    for name, model_config in (("dtype", {"dtype": "foo"}), ("widths", {"widths": "abc"}), ("list", [1, 2])):
+        bad = tmp_path / name
+        shutil.copytree(step_dir, bad)
+        meta = json.loads((bad / "meta" / "metadata").read_text())
+        meta["model"] = model_config
+        (bad / "meta" / "metadata").write_text(json.dumps(meta))
+        with pytest.raises(ckpt.CheckpointError, match="model config"):
+            ckpt.load_checkpoint(bad)
+    params, batch_stats, model, meta = ckpt.load_checkpoint(workdir)
+    params = jax.tree_util.tree_map(np.array, params)
+    params["dense2"]["bias"][3] = np.nan
+    manager = ckpt.make_manager(tmp_path / "nan")
+    ckpt.save(manager, 1, {"params": params, "batch_stats": batch_stats}, meta, None)
+    with pytest.raises(ckpt.CheckpointError, match=r"NaN/inf values \(params/dense2/bias; a diverged"):
+        ckpt.load_checkpoint(tmp_path / "nan")
 
 
 def test_cli_help():
