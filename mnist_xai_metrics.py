@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_xai_visualizations import in_chunks, on_cpu, split_over_devices
+from mnist_xai_visualizations import as_image_batch, as_targets, in_chunks, on_cpu, split_over_devices
 
 INK_THRESHOLD = 0.5
 
@@ -91,9 +91,16 @@ def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 
     cache: ~1,260 perturbed digits/s against ~880 at 64 on this project's machine), 64 on
     accelerators. ``progress(images_done)`` is called after each chunk.
     """
-    images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
-    maps = np.asarray(maps, np.float32).reshape(-1, 28, 28)
-    targets = np.asarray(targets, np.int32)
+    images = as_image_batch(images)
+    maps = np.asarray(maps, np.float32)
+    if maps.ndim not in (2, 3) or maps.shape[-2:] != (28, 28):
+        raise ValueError(f"maps: expected (N, 28, 28), got shape {maps.shape}")
+    maps = maps.reshape(-1, 28, 28)
+    if not np.isfinite(maps).all():
+        raise ValueError("maps: expected finite values, got NaN/inf")
+    if targets is None:
+        raise ValueError("targets: expected one class (0-9) per image, got None")
+    targets = as_targets(targets, len(images))
     n = len(images)
     if not (n == len(maps) == len(targets)) or n == 0:
         raise ValueError(f"deletion_insertion: expected as many maps and targets as images (at least one), "

@@ -216,6 +216,9 @@ def test_overlay_heatmap_pure_and_checked():
     (np.full((28, 28), np.nan, np.float32), "finite pixel values, got 784 NaN/inf"),
     (np.full((28, 28), np.inf, np.float32), "finite pixel values"),
     (np.array([["a"] * 28] * 28), "float or uint8"),
+    (np.full((28, 28), 255.0, np.float32), r"float pixels in \[0, 1\].*got values in \[255, 255\]"),
+    (np.full((28, 28), -0.42, np.float32), r"float pixels in \[0, 1\]"),  # standardised input
+    (np.full((28, 28), 256, np.int64), "integer pixels in 0-255"),
 ])
 def test_bad_images(images, match, cnn):
     params, batch_stats, model = cnn
@@ -355,3 +358,12 @@ def test_two_devices_give_the_same_maps_as_one(cnn, digits, tmp_path):
                                   two["saliency"], np.array([2, 5, 7]), steps=8)
     for kind in ("deletion_curve", "insertion_curve"):
         np.testing.assert_allclose(two[kind], curves[kind], rtol=1e-4, atol=1e-6, err_msg=kind)
+
+
+def test_integer_pixels_are_read_like_uint8(cnn, digits):
+    params, batch_stats, model = cnn
+    u8 = (np.asarray(digits[:2]) * 255).round().astype(np.uint8)
+    expected = X.Saliency(model).attribute(params, batch_stats, u8)
+    for dtype in (np.int64, np.int32, np.uint16):
+        np.testing.assert_array_equal(X.Saliency(model).attribute(params, batch_stats, u8.astype(dtype)), expected)
+    np.testing.assert_array_equal(X.Saliency(model).attribute(params, batch_stats, u8.astype(np.float32) / 255), expected)
