@@ -109,13 +109,6 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     ig, sg = X.IntegratedGradients(model), X.SmoothGrad(model)
     pick = [int(np.flatnonzero((labels == c) & correct)[0]) for c in range(10)
             if np.any((labels == c) & correct)]
-    xg = images[pick]
-    method_maps = {
-        "GradCAM": cams[pick],
-        "saliency": sals[pick],
-        "Integrated Gradients": np.asarray(X.normalize_maps(np.abs(ig.attribute(params, batch_stats, xg)))),
-        "SmoothGrad": np.asarray(X.normalize_maps(sg.attribute(params, batch_stats, xg))),
-    }
     # Deletion AUC (mnist_xai_metrics; lower = more faithful) of each method on the first
     # AUC_IMAGES digits, shown beside its name.
     from mnist_xai_metrics import deletion_insertion
@@ -129,12 +122,24 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
             maps = np.abs(maps)
         deletion_auc[name] = float(deletion_insertion(apply_fn, variables, images[sub], maps, preds[sub])
                                    ["deletion_auc"].mean())
-    rows = [{f"{k}\n(deletion AUC {deletion_auc[k]:.3f})": v[i] for k, v in method_maps.items()}
-            for i in range(len(pick))]
-    fig = X.explanation_grid(xg, rows, ["digit", *rows[0]],
-                             titles=[f"{labels[i]}: {100 * conf[i]:.1f}%" for i in pick])
-    fig.suptitle("Correctly classified digits (|IG| shown)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.975))
+    if pick:
+        xg = images[pick]
+        method_maps = {
+            "GradCAM": cams[pick],
+            "saliency": sals[pick],
+            "Integrated Gradients": np.asarray(X.normalize_maps(np.abs(ig.attribute(params, batch_stats, xg)))),
+            "SmoothGrad": np.asarray(X.normalize_maps(sg.attribute(params, batch_stats, xg))),
+        }
+        rows = [{f"{k}\n(deletion AUC {deletion_auc[k]:.3f})": v[i] for k, v in method_maps.items()}
+                for i in range(len(pick))]
+        fig = X.explanation_grid(xg, rows, ["digit", *rows[0]],
+                                 titles=[f"{labels[i]}: {100 * conf[i]:.1f}%" for i in pick])
+        fig.suptitle("Correctly classified digits (|IG| shown)", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 1, 0.975))
+    else:  # a weak checkpoint on a few digits
+        fig, ax = plt.subplots(figsize=(4, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no correctly classified digit", ha="center", va="center")
     _save(fig, out / "gallery.png")
 
     # 2. Class-average maps: where does the model look, on average, for each digit?

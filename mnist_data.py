@@ -119,6 +119,8 @@ def load_idx_split(folder: str | os.PathLike, split: str) -> Split:
     if len(images) != len(labels):
         raise MNISTDataError(
             f"{image_path}: {len(images)} images but {label_path.name} has {len(labels)} labels")
+    if len(images) == 0:
+        raise MNISTDataError(f"{image_path}: expected at least one image, the file holds none")
     if labels.size and labels.max() > 9:
         raise MNISTDataError(f"{label_path}: label {int(labels.max())} outside 0-9")
     return Split(images[..., None], labels.astype(np.int32))

@@ -64,9 +64,12 @@ def run_quick_demo(out: str | os.PathLike = DEFAULT_OUT, checkpoint: str | None 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)  # never leave a half-written figure behind
+    try:
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, out)  # never leave a half-written figure behind
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)  # there only if saving or the rename failed
     return [{"label": int(sample.labels[idx[i]]), "prediction": int(preds[i]),
              "confidence": float(confidence[i])} for i in range(10)]
 
@@ -78,6 +81,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.out.lower().endswith(".png"):
         parser.error(f"--out: expected a .png path, got {args.out}")
+    if Path(args.out).is_dir():
+        parser.error(f"--out: expected a .png file path, got the folder {args.out}")
     from mnist_checkpoint import CheckpointError
     from mnist_data import MNISTDataError
 
