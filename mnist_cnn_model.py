@@ -7,7 +7,7 @@ Architecture (input 28x28x1, float pixels in [0, 1]):
     [Conv(128,3x3) -> BatchNorm -> ReLU] x2               # (N, 7, 7, 128)  <- feature_map
     global average pool -> Dense(256) -> ReLU -> Dropout -> Dense(10)  # logits
 
-322,922 trainable parameters (plus 1,792 BatchNorm statistics).
+322,922 trainable parameters (plus 896 BatchNorm running statistics).
 
 The module exposes its two halves as methods so that explanations can reach the
 last conv block's output by name, without string lookups of intermediate layers:
