@@ -119,8 +119,6 @@ def load_idx_split(folder: str | os.PathLike, split: str) -> Split:
     if len(images) != len(labels):
         raise MNISTDataError(
             f"{image_path}: {len(images)} images but {label_path.name} has {len(labels)} labels")
-    if len(images) == 0:
-        raise MNISTDataError(f"{image_path}: expected at least one image, the file holds none")
     if labels.size and labels.max() > 9:
         raise MNISTDataError(f"{label_path}: label {int(labels.max())} outside 0-9")
     return Split(images[..., None], labels.astype(np.int32))
@@ -190,7 +188,10 @@ def load_test_split(data_dir: str | None = None, tfds_download: bool = True) -> 
     if folder is not None:
         if not Path(folder).is_dir():
             raise MNISTDataError(f"{folder}: data folder does not exist; {GET_DATA_HINT}")
-        return load_idx_split(folder, "test")
+        split = load_idx_split(folder, "test")
+        if len(split) == 0:  # a valid IDX file can hold none; nothing can be evaluated on it
+            raise MNISTDataError(f"{folder}: expected test images, the test files hold none")
+        return split
     return load_tfds_split("test", download=tfds_download)
 
 

@@ -524,3 +524,12 @@ def test_real_mnist():
         assert set(np.unique(split.labels).tolist()) == set(range(10))
     rest, val = mnist_data.split_validation(train, 5_000)
     assert (len(rest), len(val)) == (55_000, 5_000)
+
+
+def test_an_empty_test_set_is_refused_where_it_would_be_evaluated(tmp_path):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    mnist_data.write_idx(folder / idx_name("t10k-images"), np.zeros((0, 28, 28), np.uint8))
+    mnist_data.write_idx(folder / idx_name("t10k-labels"), np.zeros((0,), np.uint8))
+    with pytest.raises(mnist_data.MNISTDataError, match="expected test images, the test files hold none"):
+        mnist_data.load_test_split(folder)
