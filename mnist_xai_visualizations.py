@@ -26,6 +26,8 @@ IntegratedGradients, SmoothGrad, Occlusion. Each docstring cites its paper.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable, Sequence
 
 import jax
@@ -43,6 +45,27 @@ IMAGE_HW = (28, 28)
 
 
 PIXEL_SLACK = 1e-4  # float pixels may stray this far outside [0, 1] (resampling, rounding)
+
+
+def whole_number(name: str, value, least: int = 1, most: int | None = None) -> int:
+    """``value`` as an int in [least, most]; ValueError naming ``name`` for 2.5, "10", True, NaN..."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or value < least or (most is not None and value > most):
+        span = f">= {least}" if most is None else f"in {least}-{most}"
+        raise ValueError(f"{name}: expected an integer {span}, got {value!r}")
+    return int(value)
+
+
+def finite_number(name: str, value, least: float | None = None) -> float:
+    """``value`` as a finite float (>= ``least`` if given); ValueError naming ``name`` otherwise."""
+    try:
+        v = float(value) if not isinstance(value, (str, bytes, bool)) else float("nan")
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not np.isfinite(v) or (least is not None and v < least):
+        bound = "" if least is None else f" >= {least:g}"
+        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
+    return v
 
 
 def _describe(x) -> str:
@@ -193,8 +216,40 @@ def explanation_grid(images, rows: Sequence[dict], columns: Sequence[str], title
 # ----------------------------------------------------------------------------- the methods
 
 
-def _variables(params, batch_stats):
-    return {"params": params, "batch_stats": batch_stats}
+@functools.lru_cache(maxsize=8)
+def _expected_shapes(model) -> dict | None:
+    """{"params/conv1/kernel": shape, ...} of the variables ``model.init`` makes (None: it needs other inputs)."""
+    try:
+        tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *IMAGE_HW, 1)))
+    except Exception:  # a module whose __call__ is not an image classifier: nothing to check against
+        return None
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(dict(tree))}
+
+
+def _variables(model, params, batch_stats):
+    """The variables dict, checked against the shapes ``model`` expects: weights of another
+    architecture would otherwise run (inference reads the kernels directly) and explain the
+    wrong network."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    try:
+        expected = _expected_shapes(model)
+    except TypeError:  # an unhashable module
+        expected = None
+    if expected is None:
+        return variables
+    wanted = {c for c in ("params", "batch_stats") if any(k.startswith(c + "/") for k in expected)}
+    for c in ("params", "batch_stats"):
+        if c in wanted and not isinstance(variables[c], dict) and not hasattr(variables[c], "keys"):
+            raise ValueError(f"{c}: expected the {type(model).__name__}'s {c} (a dict of arrays), "
+                             f"got {type(variables[c]).__name__}")
+    got = {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(np.shape(leaf))
+           for path, leaf in jax.tree_util.tree_leaves_with_path({c: dict(variables[c]) for c in wanted})}
+    if got != expected:
+        k = sorted((set(expected) ^ set(got)) or {k for k in expected if expected[k] != got[k]})[0]
+        raise ValueError(f"params/batch_stats do not fit {type(model).__name__}: {k} expected "
+                         f"{expected.get(k, 'absent')}, got {got.get(k, 'absent')}")
+    return variables
 
 
 def _resolve_targets(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -286,9 +341,7 @@ class Explainer:
         if chunk_size is None and self.cpu_chunk_size and on_cpu():
             self.chunk_size = self.cpu_chunk_size
         elif chunk_size is not None:
-            if int(chunk_size) < 1:
-                raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
-            self.chunk_size = int(chunk_size)
+            self.chunk_size = whole_number("chunk_size", chunk_size)
         # Images are explained independently: each chunk is split over the local devices.
         self._jitted, self.num_devices = split_over_devices(self._maps, (False, True, True, False))
         self.chunk_size = -(-self.chunk_size // self.num_devices) * self.num_devices
@@ -323,7 +376,7 @@ class Explainer:
         x = as_image_batch(images)
         t = as_targets(target_classes, len(x))
         key = jax.random.PRNGKey(0) if key is None else key
-        variables = _variables(params, batch_stats)
+        variables = _variables(self.model, params, batch_stats)
         n = len(x)
         maps, logits = in_chunks(lambda xc, tc: self._jitted(variables, xc, tc, key), (x, t),
                                  self.chunk_size, self.num_devices, progress)
@@ -378,7 +431,7 @@ class GradCAM(Explainer):
         """The 7x7 map before upsampling and scaling, (N, 7, 7)."""
         x = as_image_batch(images)
         t = as_targets(target_classes, len(x))
-        cam, _ = jax.jit(self.cam_7x7)(_variables(params, batch_stats), x, t)
+        cam, _ = jax.jit(self.cam_7x7)(_variables(self.model, params, batch_stats), x, t)
         return np.asarray(cam)
 
     def compute_gradcam(self, params, batch_stats, image, target_class: int | None = None):
@@ -488,9 +541,7 @@ class IntegratedGradients(Explainer):
     signed = True
 
     def __init__(self, model, steps: int = 100, baseline=0.0, chunk_size: int | None = None):
-        if int(steps) < 1:
-            raise ValueError(f"steps: expected a positive integer, got {steps}")
-        self.steps = int(steps)
+        self.steps = whole_number("steps", steps)
         b = np.asarray(baseline, np.float32)
         if b.ndim and b.size != 784:
             raise ValueError(f"baseline: expected a scalar or a 28x28 image, got shape {b.shape}")
@@ -528,7 +579,7 @@ class IntegratedGradients(Explainer):
         maps = np.asarray(maps, np.float32)
         if maps.shape != (len(x), *IMAGE_HW):
             raise ValueError(f"maps: expected shape {(len(x), *IMAGE_HW)}, got {maps.shape}")
-        variables = _variables(params, batch_stats)
+        variables = _variables(self.model, params, batch_stats)
         forward = jax.jit(self.logits)
         (logits,) = in_chunks(lambda xc: (forward(variables, xc),), (x,), 1000)
         t = np.where(requested < 0, logits.argmax(-1), requested)
@@ -549,11 +600,8 @@ class SmoothGrad(Explainer):
 
     def __init__(self, model, samples: int = 25, noise_level: float = 0.15, absolute: bool = True,
                  chunk_size: int | None = None):
-        if int(samples) < 1:
-            raise ValueError(f"samples: expected a positive integer, got {samples}")
-        if not noise_level >= 0:
-            raise ValueError(f"noise_level: expected >= 0, got {noise_level}")
-        self.samples, self.noise_level, self.absolute = int(samples), float(noise_level), absolute
+        self.samples = whole_number("samples", samples)
+        self.noise_level, self.absolute = finite_number("noise_level", noise_level, 0.0), absolute
         self.signed = not absolute
         self.chunk_size = max(1, 8192 // self.samples)  # digits a call: ~8,192 noisy copies
         self.cpu_chunk_size = max(1, 64 // self.samples)  # ~64 on a CPU
@@ -705,9 +753,9 @@ class Occlusion(Explainer):
 
     def __init__(self, model, patch: int = 4, stride: int = 2, baseline: float = 0.0,
                  chunk_size: int | None = None, incremental: bool = True):
-        if not (1 <= int(patch) <= 28 and 1 <= int(stride) <= 28):
-            raise ValueError(f"patch and stride: expected integers in 1-28, got {patch} and {stride}")
-        self.patch, self.stride, self.baseline = int(patch), int(stride), float(baseline)
+        self.patch = whole_number("patch", patch, 1, 28)
+        self.stride = whole_number("stride", stride, 1, 28)
+        self.baseline = finite_number("baseline", baseline)
         starts = list(range(0, 28 - self.patch + 1, self.stride))
         if starts[-1] != 28 - self.patch:
             starts.append(28 - self.patch)  # cover the last rows/columns too
@@ -754,9 +802,14 @@ METHODS: dict[str, Callable] = {
 
 def make_explainer(name: str, model, **kwargs) -> Explainer:
     """Build a method by name (see ``METHODS``)."""
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {name!r}")
-    return METHODS[name](model, **kwargs)
+    cls = METHODS[name]
+    known = set(inspect.signature(cls.__init__).parameters) - {"self", "model"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"{name}: expected options among {', '.join(sorted(known))}, got {', '.join(unknown)}")
+    return cls(model, **kwargs)
 
 
 def compute_saliency(model, params, batch_stats, image, target_class: int | None = None):

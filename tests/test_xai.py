@@ -245,6 +245,33 @@ def test_bad_method_name_and_model():
         X.GradCAM(object())
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda m: X.IntegratedGradients(m, steps=2.5), r"steps: expected an integer >= 1, got 2.5"),
+    (lambda m: X.IntegratedGradients(m, steps="10"), r"steps: expected an integer >= 1, got '10'"),
+    (lambda m: X.SmoothGrad(m, samples=0), r"samples: expected an integer >= 1, got 0"),
+    (lambda m: X.SmoothGrad(m, noise_level=float("inf")), r"noise_level: expected a finite number >= 0, got inf"),
+    (lambda m: X.Occlusion(m, patch=29), r"patch: expected an integer in 1-28, got 29"),
+    (lambda m: X.Occlusion(m, stride=True), r"stride: expected an integer in 1-28, got True"),
+    (lambda m: X.Occlusion(m, baseline=float("nan")), r"baseline: expected a finite number, got nan"),
+    (lambda m: X.Saliency(m, chunk_size=0), r"chunk_size: expected an integer >= 1, got 0"),
+    (lambda m: X.make_explainer("gradcam", m, steps=10), r"gradcam: expected options among chunk_size, relu, got steps"),
+    (lambda m: X.make_explainer(["gradcam"], m), r"method: expected one of gradcam"),
+])
+def test_bad_method_options(make, match, cnn):
+    with pytest.raises(ValueError, match=match):
+        make(cnn[2])
+
+
+def test_weights_of_another_architecture_are_refused(cnn, digits):
+    from mnist_cnn_model import MNISTCNN, initialize_model
+    params, batch_stats, model = cnn
+    other_params, other_stats, _ = initialize_model(jax.random.PRNGKey(0), MNISTCNN(widths=(16, 32, 64)))
+    with pytest.raises(ValueError, match=r"do not fit MNISTCNN: batch_stats/bn1/mean expected \(32,\), got \(16,\)"):
+        X.GradCAM(model).compute_gradcam(other_params, other_stats, digits[0])
+    with pytest.raises(ValueError, match="batch_stats: expected the MNISTCNN's batch_stats"):
+        X.Saliency(model).attribute(params, None, digits[:1])
+
+
 def test_compute_gradcam_rejects_a_batch(cnn, digits):
     params, batch_stats, model = cnn
     with pytest.raises(ValueError, match="expected one image, got a batch of 3"):
