@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_xai_visualizations import as_image_batch, as_targets, in_chunks, on_cpu, split_over_devices
+from mnist_xai_visualizations import as_image_batch, as_targets, in_chunks, on_cpu, split_over_devices, whole_number
 
 INK_THRESHOLD = 0.5
 
@@ -32,15 +32,27 @@ INK_THRESHOLD = 0.5
 
 def random_attribution(key: jax.Array, n: int) -> np.ndarray:
     """Uniform random maps (n, 28, 28): the chance baseline."""
-    return np.asarray(jax.random.uniform(key, (n, 28, 28)))
+    return np.asarray(jax.random.uniform(key, (whole_number("n", n), 28, 28)))
 
 
 def sobel_attribution(images) -> np.ndarray:
     """Gradient magnitude of the image (Sobel), (N, 28, 28): an edge map that ignores the model."""
-    x = jnp.asarray(images, jnp.float32).reshape(-1, 28, 28)
+    x = jnp.asarray(as_image_batch(images)[..., 0])
     kx = jnp.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], jnp.float32)
     conv = jax.vmap(lambda im, k: jax.scipy.signal.convolve2d(im, k, mode="same"), in_axes=(0, None))
     return np.asarray(jnp.hypot(conv(x, kx), conv(x, kx.T)))
+
+
+def _as_maps(maps, n: int) -> np.ndarray:
+    """Attribution maps as float32 (n, 28, 28), finite; ValueError otherwise."""
+    maps = np.asarray(maps, np.float32)
+    if maps.shape == (28, 28):
+        maps = maps[None]
+    if maps.shape != (n, 28, 28):
+        raise ValueError(f"maps: expected one 28x28 map per image, ({n}, 28, 28), got shape {maps.shape}")
+    if not np.isfinite(maps).all():
+        raise ValueError("maps: expected finite values, got NaN/inf")
+    return maps
 
 
 # ----------------------------------------------------------------------------- deletion / insertion
@@ -92,25 +104,15 @@ def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 
     accelerators. ``progress(images_done)`` is called after each chunk.
     """
     images = as_image_batch(images)
-    maps = np.asarray(maps, np.float32)
-    if maps.ndim not in (2, 3) or maps.shape[-2:] != (28, 28):
-        raise ValueError(f"maps: expected (N, 28, 28), got shape {maps.shape}")
-    maps = maps.reshape(-1, 28, 28)
-    if not np.isfinite(maps).all():
-        raise ValueError("maps: expected finite values, got NaN/inf")
+    maps = _as_maps(maps, len(images))
     if targets is None:
         raise ValueError("targets: expected one class (0-9) per image, got None")
     targets = as_targets(targets, len(images))
     n = len(images)
-    if not (n == len(maps) == len(targets)) or n == 0:
-        raise ValueError(f"deletion_insertion: expected as many maps and targets as images (at least one), "
-                         f"got {n} images, {len(maps)} maps and {len(targets)} targets")
-    if int(steps) < 2:
-        raise ValueError(f"steps: expected an integer >= 2, got {steps}")
-    if chunk is None:
-        chunk = 4 if on_cpu() else 64
-    if int(chunk) < 1:
-        raise ValueError(f"chunk: expected a positive integer, got {chunk}")
+    steps = whole_number("steps", steps, 2)
+    chunk = whole_number("chunk", chunk if chunk is not None else 4 if on_cpu() else 64)
+    if probs is not None and np.shape(probs)[:1] != (n,):
+        raise ValueError(f"probs: expected one row of class probabilities per image ({n}), got shape {np.shape(probs)}")
     if probs is None:
         forward = jax.jit(lambda v, x: jax.nn.softmax(apply_fn(v, x)))
         (probs,) = in_chunks(lambda x: (forward(variables, x),), (images,), 1000)
@@ -140,8 +142,8 @@ def bootstrap_ci(values, key: int = 0, resamples: int = 1000, level: float = 0.9
 
 def ink_share(images, maps, threshold: float = INK_THRESHOLD):
     """Per image: share of positive attribution on ink pixels, and the ink's share of pixels."""
-    ink = np.asarray(images, np.float32).reshape(-1, 28, 28) > threshold
-    pos = np.maximum(np.asarray(maps, np.float32).reshape(-1, 28, 28), 0)
+    ink = as_image_batch(images)[..., 0] > threshold
+    pos = np.maximum(_as_maps(maps, len(ink)), 0)
     total = pos.sum((1, 2))
     on_ink = (pos * ink).sum((1, 2)) / np.where(total > 0, total, 1)
     return np.where(total > 0, on_ink, np.nan), ink.mean((1, 2))
@@ -155,8 +157,11 @@ def spearman_rows(a, b) -> np.ndarray:
     NaN where a row is constant."""
     from scipy.stats import rankdata
 
-    a = rankdata(np.asarray(a, np.float64).reshape(len(a), -1), axis=1)
-    b = rankdata(np.asarray(b, np.float64).reshape(len(b), -1), axis=1)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim < 2 or not len(a):
+        raise ValueError(f"spearman_rows: expected two arrays of the same shape (N, ...), got {a.shape} and {b.shape}")
+    a = rankdata(a.reshape(len(a), -1), axis=1)
+    b = rankdata(b.reshape(len(b), -1), axis=1)
     a -= a.mean(1, keepdims=True)
     b -= b.mean(1, keepdims=True)
     den = np.sqrt((a * a).sum(1) * (b * b).sum(1))

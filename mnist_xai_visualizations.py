@@ -176,6 +176,8 @@ def overlay_heatmap(image, heatmap, cmap: str = "jet", alpha: float = 0.45) -> n
     if not 0 <= alpha <= 1:
         raise ValueError(f"overlay_heatmap: alpha expected in [0, 1], got {alpha}")
     gray = np.repeat(img[..., None], 3, axis=-1)
+    if cmap not in matplotlib.colormaps:
+        raise ValueError(f"cmap: expected a matplotlib colormap name (e.g. 'jet', 'inferno'), got {cmap!r}")
     colour = matplotlib.colormaps[cmap](hm)[..., :3]
     return np.clip((1 - alpha) * gray + alpha * colour, 0.0, 1.0)
 

@@ -264,6 +264,13 @@ def check_workdir(workdir: str | os.PathLike, resume: bool) -> None:
     if steps and not resume:
         raise ValueError(f"--workdir {workdir} already holds checkpoints (steps {', '.join(sorted(steps, key=int))}): "
                          "pass --resume to continue that run, or choose another --workdir")
+    if not workdir.exists():  # find out now, not after loading the data, whether it can be made
+        probe = workdir.with_name(workdir.name + ".write-check")
+        try:
+            probe.mkdir(parents=True, exist_ok=True)
+            probe.rmdir()
+        except OSError as e:
+            raise ValueError(f"--workdir {workdir}: cannot write there ({e.strerror})") from None
 
 
 def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST,
@@ -280,7 +287,6 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
 
     workdir = Path(workdir)
     check_workdir(workdir, resume)
-    workdir.mkdir(parents=True, exist_ok=True)
     train = data.train.take(cfg.max_train_examples)
     devices = jax.devices()
     if cfg.batch_size % len(devices):
@@ -293,6 +299,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
         raise ValueError(f"--epochs {cfg.epochs}: expected fewer than {2**31 // steps_per_epoch:,} epochs "
                          f"of {steps_per_epoch} steps")
 
+    workdir.mkdir(parents=True, exist_ok=True)  # after the checks above: no empty workdir left by them
     model = MNISTCNN()
     tx = make_optimizer(cfg, total_steps)
     state, train_key = initial_state(model, tx, cfg.seed)

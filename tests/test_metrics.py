@@ -77,12 +77,41 @@ def test_curves_with_given_probabilities_and_bad_arguments():
         np.testing.assert_allclose(given[kind], out[kind], rtol=1e-6)
     assert out["deletion_curve"].shape == (5, 7)
     np.testing.assert_allclose(out["insertion_curve"][:, 0], 0.1, rtol=1e-6)  # a black image: uniform
-    with pytest.raises(ValueError, match="expected as many maps and targets as images"):
-        M.deletion_insertion(one_pixel_logits, {}, images, maps[:4], targets)
-    with pytest.raises(ValueError, match="steps: expected an integer >= 2, got 1"):
-        M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=1)
-    with pytest.raises(ValueError, match="chunk: expected a positive integer, got 0"):
-        M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, chunk=0)
+    for kwargs, match in [
+        (dict(maps=maps[:4]), r"maps: expected one 28x28 map per image, \(5, 28, 28\), got shape \(4, 28, 28\)"),
+        (dict(maps=np.full_like(maps, np.nan)), "maps: expected finite values"),
+        (dict(targets=targets[:4]), r"one class per image \(5\), got shape \(4,\)"),
+        (dict(targets=np.full(5, 10)), "classes in 0-9, got 10"),
+        (dict(targets=None), "targets: expected one class"),
+        (dict(images=images * 255), r"float pixels in \[0, 1\]"),
+        (dict(steps=1), "steps: expected an integer >= 2, got 1"),
+        (dict(chunk=0), "chunk: expected an integer >= 1, got 0"),
+        (dict(chunk=2.5), "chunk: expected an integer >= 1, got 2.5"),
+        (dict(probs=probs[:1]), r"probs: expected one row of class probabilities per image \(5\)"),
+    ]:
+        args = {"images": images, "maps": maps, "targets": targets, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            M.deletion_insertion(one_pixel_logits, {}, args.pop("images"), args.pop("maps"), args.pop("targets"),
+                                 **args)
+    u8 = (np.asarray(images) * 255).round().astype(np.uint8)  # read like the explainers read it
+    np.testing.assert_allclose(M.deletion_insertion(one_pixel_logits, {}, u8, maps, targets, steps=6, chunk=2)
+                               ["deletion_auc"],
+                               M.deletion_insertion(one_pixel_logits, {}, u8 / np.float32(255), maps, targets,
+                                                    steps=6, chunk=2)["deletion_auc"])
+
+
+def test_metric_helpers_refuse_mismatched_shapes():
+    images, maps = _images(2), M.random_attribution(jax.random.PRNGKey(0), 2)
+    with pytest.raises(ValueError, match=r"maps: expected one 28x28 map per image, \(2, 28, 28\), got shape \(1, 28, 28\)"):
+        M.ink_share(images, maps[:1])  # one map used to be broadcast over both images
+    with pytest.raises(ValueError, match="spearman_rows: expected two arrays of the same shape"):
+        M.spearman_rows(maps, maps[:1])
+    with pytest.raises(ValueError, match="n: expected an integer >= 1, got -1"):
+        M.random_attribution(jax.random.PRNGKey(0), -1)
+    with pytest.raises(ValueError, match=r"expected \(N, 28, 28, 1\)"):
+        M.sobel_attribution(np.zeros((2, 30, 30), np.float32))
+    with pytest.raises(ValueError, match="cmap: expected a matplotlib colormap name"):
+        X.overlay_heatmap(np.zeros((28, 28)), np.zeros((28, 28)), cmap="nope")
 
 
 def test_randomization_test_of_a_model_against_itself_is_one():

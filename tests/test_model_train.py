@@ -319,6 +319,8 @@ def test_cli_refuses_to_train_over_checkpoints_without_resume(tmp_path):
     (tmp_path / "afile").write_text("x")
     proc = _run("train_mnist.py", "--workdir", str(tmp_path / "afile"), "--data-dir", "/no/such/folder")
     assert proc.returncode == 2 and "expected a folder, found a file" in proc.stderr
+    proc = _run("train_mnist.py", "--workdir", str(tmp_path / "afile" / "run"), "--data-dir", "/no/such/folder")
+    assert proc.returncode == 2 and "cannot write there (Not a directory)" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_export_never_replaces_a_training_run_or_other_files(trained, tmp_path):
