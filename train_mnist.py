@@ -355,6 +355,10 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
                 idx = batches[step - epoch * steps_per_epoch: step - epoch * steps_per_epoch + length]
                 state, metrics = train_chunk(state, images, labels, idx, train_key)
                 loss, acc = (float(metrics["loss"].sum()), float(metrics["accuracy"].sum()))
+                if not math.isfinite(loss):  # stop before a NaN state reaches a checkpoint
+                    raise ValueError(f"training diverged in steps {step + 1}-{step + length} (loss {loss / length}); "
+                                     f"nothing saved from them, earlier checkpoints stay in {workdir}; "
+                                     "try a lower --learning-rate")
                 step += length
                 sums["loss"] += loss
                 sums["accuracy"] += acc

@@ -262,6 +262,13 @@ def test_resume_with_other_config_is_refused(trained, synthetic):
                              log=lambda *_: None)
 
 
+def test_a_diverging_run_stops_before_saving_nan_weights(synthetic, tmp_path):
+    with pytest.raises(ValueError, match=r"training diverged in steps \d+-\d+ .*nothing saved from them"):
+        T.train_and_evaluate(_cfg(learning_rate=float("inf")), tmp_path, synthetic, progress=False,
+                             log=lambda *_: None)
+    assert not list((tmp_path / "ckpt").glob("[0-9]*"))
+
+
 def test_augmentation_is_identity_at_zero_strength():
     x = jnp.asarray(np.random.default_rng(0).random((4, 28, 28, 1)), jnp.float32)
     cfg = T.TrainConfig(max_rotation_deg=0.0, max_scale=0.0, max_shift=0.0)
