@@ -19,7 +19,6 @@ MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import cli
 
 DEFAULT_OUT = Path("outputs") / "demo"
 AUC_IMAGES = 100  # digits used for the deletion AUC shown beside each method's name
@@ -262,7 +263,7 @@ MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/ if trained, else pretrained/)")
     parser.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $MNIST_DATA_DIR)")
     parser.add_argument("--tfds", action="store_true", help="read the test set from tensorflow-datasets")

@@ -13,7 +13,6 @@ See mnist_xai_metrics.py for the definitions and papers.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import cli
 
 DEFAULT_OUT = Path("outputs") / "xai_eval"
 OUTPUT_FILES = frozenset({"results.json", "results.md", "curves.png", "randomization.png", "randomization_maps.png"})
@@ -240,7 +241,7 @@ def _write_into(tmp: Path, report: dict, command: str, example: dict | None) -> 
 def main(argv=None) -> int:
     import mnist_xai_visualizations as X
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--num-images", type=int, default=1000, help="default: %(default)s")
     parser.add_argument("--methods", default=",".join(X.METHODS), help="comma-separated (default: all)")
     parser.add_argument("--checkpoint", help="default: the shipped pretrained/")

@@ -9,13 +9,14 @@ digit, its GradCAM overlay and its saliency map, with prediction and confidence.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+import cli
 
 DEFAULT_OUT = Path("outputs") / "quick_demo.png"
 
@@ -75,7 +76,7 @@ def run_quick_demo(out: str | os.PathLike = DEFAULT_OUT, checkpoint: str | None 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="PNG to write (default: %(default)s)")
     parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped pretrained/)")
     args = parser.parse_args(argv)

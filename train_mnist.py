@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import cli
 import mnist_checkpoint as ckpt
 from mnist_cnn_model import MNISTCNN, count_params
 from mnist_data import MNIST, MNISTDataError, Split, load_mnist, load_test_split
@@ -450,7 +451,7 @@ def seed_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--data-dir", help="folder with the four MNIST IDX files (default: $MNIST_DATA_DIR, else tfds)")
     p.add_argument("--workdir", default="checkpoints", help="where checkpoints and metrics go (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="default: %(default)s")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+import cli  # noqa: E402
 from mnist_cnn_model import _conv_same, _patches3x3, conv3x3_weight_grad, images_per_chunk
 
 LAYERS = [(28, 1, 32), (28, 32, 32), (14, 32, 64), (14, 64, 64), (7, 64, 128), (7, 128, 128)]
@@ -113,4 +114,9 @@ def main(batch=128):
 
 
 if __name__ == "__main__":
-    main()
+    parser = cli.parser(__doc__)
+    parser.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+    args = parser.parse_args()
+    if args.batch_size < 1:
+        parser.error(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    main(args.batch_size)

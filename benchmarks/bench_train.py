@@ -27,7 +27,6 @@ import time
 
 T_START = time.perf_counter()
 
-import argparse
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cli  # noqa: E402
 from cpu_devices import use_one_device_per_core
 
 use_one_device_per_core()  # as train_mnist.py does when run as a script
@@ -219,7 +219,7 @@ def _reference_step(model, tx):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__)
     p.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR"))
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)

@@ -8,7 +8,6 @@ depend on the pixels).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,12 +21,13 @@ use_one_device_per_core()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import cli  # noqa: E402
 import train_mnist as T  # noqa: E402
 from mnist_cnn_model import MNISTCNN  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--steps", type=T.positive_int, default=20, help="timed steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=T.positive_int, default=128)
     parser.add_argument("--no-augment", dest="augment", action="store_false")

@@ -132,3 +132,17 @@ def test_most_confused_pairs_keep_ties_in_a_fixed_order():
     few = np.diag(np.full(10, 5))
     few[3, 8] = 1
     assert most_confused(few) == [(3, 8, 1)]
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("train_mnist.py", ["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
+    ("train_mnist.py", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ("evaluate_xai.py", ["--methods", "lime"], "--methods: expected names from"),
+    ("demo_mnist_xai.py", ["--num-images", "0"], "--num-images: expected a positive integer, got 0"),
+    ("simple_mnist_xai_demo.py", ["--out", "figure.jpg"], "--out: expected a .png path, got figure.jpg"),
+])
+def test_command_line_errors_are_one_line(script, args, message):
+    proc = _run(str(ROOT / script), *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and f"(see {script} --help)" in lines[0], proc.stderr
