@@ -212,12 +212,18 @@ def check_output_folder(dst: str | os.PathLike, names, flag: str) -> None:
     if foreign:
         raise ValueError(f"{flag} {dst}: expected a new folder or a previous output, found other files in it "
                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another path")
-    probe = dst.with_name(dst.name + ".write-check")
+    check_writable(dst, flag)
+
+
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+    """Raise ValueError unless a folder can be made beside ``path`` (made and removed at once)."""
+    path = Path(path)
+    probe = path.with_name(path.name + ".write-check")
     try:
         probe.mkdir(parents=True, exist_ok=True)
         probe.rmdir()
     except OSError as e:
-        raise ValueError(f"{flag} {dst}: cannot write there ({e.strerror})") from None
+        raise ValueError(f"{flag} {path}: cannot write there ({e.strerror})") from None
 
 
 def swap_in(new: Path, dst: Path) -> None:

@@ -266,12 +266,7 @@ def check_workdir(workdir: str | os.PathLike, resume: bool) -> None:
         raise ValueError(f"--workdir {workdir} already holds checkpoints (steps {', '.join(sorted(steps, key=int))}): "
                          "pass --resume to continue that run, or choose another --workdir")
     if not workdir.exists():  # find out now, not after loading the data, whether it can be made
-        probe = workdir.with_name(workdir.name + ".write-check")
-        try:
-            probe.mkdir(parents=True, exist_ok=True)
-            probe.rmdir()
-        except OSError as e:
-            raise ValueError(f"--workdir {workdir}: cannot write there ({e.strerror})") from None
+        ckpt.check_writable(workdir, "--workdir")
 
 
 def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST,
