@@ -78,7 +78,8 @@ def _read_meta(step_dir: Path) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _step_dirs(root: Path) -> list[Path]:
+def step_dirs(root: Path) -> list[Path]:
+    """The finished checkpoints under a ``ckpt`` folder, oldest step first."""
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
 
@@ -90,7 +91,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     if (path / "meta").is_dir() and (path / "state").is_dir():
         return path
     root = path / CKPT_SUBDIR if (path / CKPT_SUBDIR).is_dir() else path
-    steps = _step_dirs(root) if root.is_dir() else []
+    steps = step_dirs(root) if root.is_dir() else []
     if not steps:
         raise CheckpointError(f"{path}: no finished checkpoint found in it; {GET_CHECKPOINT_HINT}")
     best, best_acc = steps[-1], -1.0
@@ -169,7 +170,7 @@ def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test
 
     dst = Path(dst).absolute()
     check_output_folder(dst, EXPORT_FILES, "--export")
-    steps = _step_dirs(dst / CKPT_SUBDIR) if (dst / CKPT_SUBDIR).is_dir() else []
+    steps = step_dirs(dst / CKPT_SUBDIR) if (dst / CKPT_SUBDIR).is_dir() else []
     if any("exported_from" not in _read_meta(d) for d in steps):
         raise CheckpointError(f"--export {dst}: holds a training run's checkpoints, not an export; choose another path")
     step_dir = resolve_checkpoint_dir(source)

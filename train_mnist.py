@@ -261,9 +261,9 @@ def check_workdir(workdir: str | os.PathLike, resume: bool) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir {workdir}: expected a folder, found a file")
     root = workdir / ckpt.CKPT_SUBDIR
-    steps = [p.name for p in root.iterdir() if p.name.isdigit()] if root.is_dir() else []
+    steps = [p.name for p in ckpt.step_dirs(root)] if root.is_dir() else []
     if steps and not resume:
-        raise ValueError(f"--workdir {workdir} already holds checkpoints (steps {', '.join(sorted(steps, key=int))}): "
+        raise ValueError(f"--workdir {workdir} already holds checkpoints (steps {', '.join(steps)}): "
                          "pass --resume to continue that run, or choose another --workdir")
     if not workdir.exists():  # find out now, not after loading the data, whether it can be made
         ckpt.check_writable(workdir, "--workdir")
