@@ -19,3 +19,9 @@ class OneLineErrors(argparse.ArgumentParser):
 def parser(doc: str | None) -> OneLineErrors:
     """A parser whose ``--help`` shows ``doc`` as written (the script's docstring)."""
     return OneLineErrors(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """An exception's first line (libraries such as orbax raise pages), else its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

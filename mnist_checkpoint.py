@@ -23,7 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-from mnist_cnn_model import MNISTCNN
+from cli import first_line
+from mnist_cnn_model import MNISTCNN, shape_mismatch
 
 CKPT_SUBDIR = "ckpt"
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -112,7 +113,7 @@ def load_checkpoint(path: str | os.PathLike | None = None):
         meta = ocp.JsonCheckpointHandler().restore(step_dir / "meta")
         state = ocp.StandardCheckpointer().restore(step_dir / "state")
     except Exception as e:  # orbax/tensorstore raise many types for unreadable folders
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise CheckpointError(f"{step_dir}: cannot read checkpoint ({msg}); {GET_CHECKPOINT_HINT}") from None
     if "model" not in meta or "params" not in state or "batch_stats" not in state:
         raise CheckpointError(f"{step_dir}: not an MNIST CNN checkpoint (no model config or weights)")
@@ -126,8 +127,7 @@ def load_checkpoint(path: str | os.PathLike | None = None):
     except CheckpointError:
         raise
     except Exception as e:  # a hand-edited config: wrong types, impossible widths, unknown dtype
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{step_dir}: model config {meta['model']} does not build a model ({first})") from None
+        raise CheckpointError(f"{step_dir}: model config {meta['model']} does not build a model ({first_line(e)})") from None
     bad = [k for k, v in _flatten({"params": params, "batch_stats": batch_stats}) if not np.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{step_dir}: weights hold NaN/inf values ({bad[0]}{' and more' if len(bad) > 1 else ''}; "
@@ -137,18 +137,10 @@ def load_checkpoint(path: str | os.PathLike | None = None):
 
 def check_fits(model: MNISTCNN, params, batch_stats, where: str) -> None:
     """Raise CheckpointError unless the weights have exactly the shapes ``model`` expects."""
-    import jax.numpy as jnp
-
-    expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-    want = jax.tree_util.tree_map(lambda x: tuple(x.shape), {"params": expected["params"],
-                                                             "batch_stats": expected["batch_stats"]})
-    got = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), {"params": params, "batch_stats": batch_stats})
-    if want != got:
-        w, g = dict(_flatten(want)), dict(_flatten(got))
-        diff = sorted(set(w) ^ set(g)) or [k for k in w if w[k] != g[k]]
-        k = diff[0]
-        raise CheckpointError(f"{where}: weights do not fit the model: {k} expected {w.get(k, 'absent')}, "
-                              f"found {g.get(k, 'absent')}")
+    mismatch = shape_mismatch(model, {"params": params, "batch_stats": batch_stats})
+    if mismatch:
+        name, want, found = mismatch
+        raise CheckpointError(f"{where}: weights do not fit the model: {name} expected {want}, found {found}")
 
 
 def _flatten(tree, prefix=""):

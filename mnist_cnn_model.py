@@ -24,6 +24,7 @@ Quick start:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -256,3 +257,25 @@ def initialize_model(rng: jax.Array, model: MNISTCNN | None = None):
 
 def count_params(tree) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+@functools.lru_cache(maxsize=8)
+def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """``{"params/conv1/kernel": (3, 3, 1, 32), ...}``: the variables ``model.init`` makes for
+    28x28 grayscale images (traced, nothing computed). Raises whatever init raises."""
+    tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *IMAGE_SHAPE)))
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(dict(tree))}
+
+
+def shape_mismatch(model: nn.Module, variables: dict):
+    """The first ``(name, expected shape, shape found)`` where ``variables`` ({"params": ...,
+    "batch_stats": ...}) do not fit ``model`` ("absent" for a missing or extra array), else None."""
+    expected = expected_shapes(model)
+    collections = {name.split("/")[0] for name in expected}
+    got = {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(jnp.shape(leaf))
+           for path, leaf in jax.tree_util.tree_leaves_with_path({c: dict(variables[c]) for c in collections})}
+    if got == expected:
+        return None
+    name = sorted((set(expected) ^ set(got)) or {k for k in expected if expected[k] != got[k]})[0]
+    return name, expected.get(name, "absent"), got.get(name, "absent")

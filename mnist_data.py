@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import first_line
+
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
 ROWS = COLS = 28
@@ -141,8 +143,7 @@ def load_tfds_split(split: str, data_dir: str | None = None, download: bool = Tr
             images.append(np.asarray(x, np.uint8))
             labels.append(np.asarray(y, np.int32))
     except Exception as e:  # tfds raises many kinds (network, missing builder files, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MNISTDataError(f"tensorflow-datasets could not load mnist ({first}); {GET_DATA_HINT}") from None
+        raise MNISTDataError(f"tensorflow-datasets could not load mnist ({first_line(e)}); {GET_DATA_HINT}") from None
     images = np.concatenate(images) if images else np.zeros((0, ROWS, COLS, 1), np.uint8)
     labels = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
     return Split(images.reshape(-1, ROWS, COLS, 1), labels)

@@ -26,7 +26,6 @@ IntegratedGradients, SmoothGrad, Occlusion. Each docstring cites its paper.
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Callable, Sequence
 
@@ -35,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from mnist_cnn_model import max_pool_2x2
+from mnist_cnn_model import expected_shapes, max_pool_2x2, shape_mismatch
 
 NUM_CLASSES = 10
 IMAGE_HW = (28, 28)
@@ -218,39 +217,23 @@ def explanation_grid(images, rows: Sequence[dict], columns: Sequence[str], title
 # ----------------------------------------------------------------------------- the methods
 
 
-@functools.lru_cache(maxsize=8)
-def _expected_shapes(model) -> dict | None:
-    """{"params/conv1/kernel": shape, ...} of the variables ``model.init`` makes (None: it needs other inputs)."""
-    try:
-        tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *IMAGE_HW, 1)))
-    except Exception:  # a module whose __call__ is not an image classifier: nothing to check against
-        return None
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(dict(tree))}
-
-
 def _variables(model, params, batch_stats):
     """The variables dict, checked against the shapes ``model`` expects: weights of another
     architecture would otherwise run (inference reads the kernels directly) and explain the
     wrong network."""
     variables = {"params": params, "batch_stats": batch_stats}
     try:
-        expected = _expected_shapes(model)
-    except TypeError:  # an unhashable module
-        expected = None
-    if expected is None:
+        wanted = {name.split("/")[0] for name in expected_shapes(model)}
+    except Exception:  # unhashable, or not an image classifier's init: nothing to check against
         return variables
-    wanted = {c for c in ("params", "batch_stats") if any(k.startswith(c + "/") for k in expected)}
-    for c in ("params", "batch_stats"):
-        if c in wanted and not isinstance(variables[c], dict) and not hasattr(variables[c], "keys"):
+    for c in sorted(wanted):
+        if not hasattr(variables[c], "keys"):
             raise ValueError(f"{c}: expected the {type(model).__name__}'s {c} (a dict of arrays), "
                              f"got {type(variables[c]).__name__}")
-    got = {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(np.shape(leaf))
-           for path, leaf in jax.tree_util.tree_leaves_with_path({c: dict(variables[c]) for c in wanted})}
-    if got != expected:
-        k = sorted((set(expected) ^ set(got)) or {k for k in expected if expected[k] != got[k]})[0]
-        raise ValueError(f"params/batch_stats do not fit {type(model).__name__}: {k} expected "
-                         f"{expected.get(k, 'absent')}, got {got.get(k, 'absent')}")
+    mismatch = shape_mismatch(model, variables)
+    if mismatch:
+        name, want, found = mismatch
+        raise ValueError(f"params/batch_stats do not fit {type(model).__name__}: {name} expected {want}, got {found}")
     return variables
 
 

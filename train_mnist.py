@@ -308,9 +308,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
         try:
             restored = ckpt.restore_latest(manager, state)
         except Exception as e:  # orbax: a weights-only export, or state of another shape
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise ValueError(f"--workdir {workdir}: cannot resume, its latest checkpoint is not a training "
-                             f"state of this model and optimizer ({first})") from None
+                             f"state of this model and optimizer ({cli.first_line(e)})") from None
         if restored is None:
             log(f"no checkpoint in {workdir} to resume from; starting afresh")
         else:
