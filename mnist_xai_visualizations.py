@@ -354,17 +354,23 @@ class Explainer:
     def _maps(self, variables, images, targets, key):
         raise NotImplementedError
 
-    def explain(self, params, batch_stats, images, target_classes=None, key=None, progress=None):
-        """Return ``(maps (N, 28, 28), predictions (N,), target_logits (N,))`` as numpy.
+    def maps_and_logits(self, params, batch_stats, images, target_classes=None, key=None, progress=None):
+        """Return ``(maps (N, 28, 28), logits (N, 10))`` as numpy: the logits of the images as
+        given, from the same compiled call (no second forward pass for confidences).
 
         ``progress(images_done)`` is called after each chunk (e.g. ``tqdm(total=N).update``)."""
         x = as_image_batch(images)
         t = as_targets(target_classes, len(x))
         key = jax.random.PRNGKey(0) if key is None else key
         variables = _variables(self.model, params, batch_stats)
-        n = len(x)
-        maps, logits = in_chunks(lambda xc, tc: self._jitted(variables, xc, tc, key), (x, t),
-                                 self.chunk_size, self.num_devices, progress)
+        return in_chunks(lambda xc, tc: self._jitted(variables, xc, tc, key), (x, t),
+                         self.chunk_size, self.num_devices, progress)
+
+    def explain(self, params, batch_stats, images, target_classes=None, key=None, progress=None):
+        """Return ``(maps (N, 28, 28), predictions (N,), target_logits (N,))`` as numpy."""
+        maps, logits = self.maps_and_logits(params, batch_stats, images, target_classes, key, progress)
+        n = len(logits)
+        t = as_targets(target_classes, n)
         preds = logits.argmax(-1)
         chosen = np.where(t < 0, preds, t)
         return maps, preds, logits[np.arange(n), chosen]

@@ -41,9 +41,9 @@ def run_quick_demo(out: str | os.PathLike = DEFAULT_OUT, checkpoint: str | None 
     idx = pick_one_per_class(sample.labels)
     images = sample.images[idx].astype(np.float32) / 255.0  # (10, 28, 28, 1)
 
-    gradcam, preds, _ = X.GradCAM(model).explain(params, batch_stats, images)
+    gradcam, logits = X.GradCAM(model).maps_and_logits(params, batch_stats, images)
     saliency = X.Saliency(model).attribute(params, batch_stats, images)
-    logits = jax.jit(model.apply)({"params": params, "batch_stats": batch_stats}, images)  # jit: 0.5 s, not 2.6
+    preds = logits.argmax(-1)
     confidence = np.asarray(jax.nn.softmax(logits)).max(-1)
     gradcam, saliency = np.asarray(X.normalize_maps(gradcam)), np.asarray(X.normalize_maps(saliency))
 

@@ -160,6 +160,9 @@ def test_batched_equals_one_at_a_time_and_no_mutation(name, cnn, digits):
         np.testing.assert_allclose(one[0], maps[i], rtol=1e-4, atol=1e-6 * scale)
     np.testing.assert_array_equal(preds, np.asarray(logits).argmax(-1))
     np.testing.assert_allclose(scores, np.asarray(logits)[np.arange(3), targets], rtol=1e-5)
+    same_maps, all_logits = explainer.maps_and_logits(params, batch_stats, digits, targets)
+    np.testing.assert_array_equal(same_maps, maps)
+    np.testing.assert_allclose(all_logits, np.asarray(logits), rtol=1e-5, atol=1e-5)  # of the images as given
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
