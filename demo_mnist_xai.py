@@ -31,6 +31,8 @@ import cli
 
 DEFAULT_OUT = Path("outputs") / "demo"
 AUC_IMAGES = 100  # digits used for the deletion AUC shown beside each method's name
+CONTRAST_EXAMPLES = 3  # misclassified digits shown per confused pair
+GUESSED_PAIRS = ((4, 9), (3, 8), (5, 6))  # the pairs the original request expected to be confused
 FIGURES = ("gallery.png", "class_average_maps.png", "confusion_matrix.png", "contrastive.png",
            "misclassified.png")
 
@@ -69,9 +71,41 @@ def most_confused(cm: np.ndarray, top: int = 5) -> list[tuple[int, int, int]]:
     return [e for e in errors if e[2] >= errors[top - 1][2]]
 
 
+def contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps):
+    """One row per confused pair (true, predicted, count); per example three panels: the digit,
+    GradCAM for the true class, GradCAM for the predicted class (maps in ``examples`` order)."""
+    import matplotlib.pyplot as plt
+
+    from mnist_xai_visualizations import overlay_heatmap
+
+    cols = 3 * CONTRAST_EXAMPLES
+    fig, axes = plt.subplots(len(pairs), cols, figsize=(1.6 * cols, 1.7 * len(pairs) + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    k = 0
+    for r, ((t, p, count), idx) in enumerate(zip(pairs, examples)):
+        axes[r, 0].text(-0.12, 0.5, f"true {t} → {p}\n{count} error{'s' * (count != 1)}",
+                        transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
+        for j, i in enumerate(idx):
+            x = images[i]
+            panels = ((x[..., 0], f"{t}→{p}, {100 * conf[i]:.0f}%"),
+                      (overlay_heatmap(x, true_maps[k]), f"GradCAM for {t}"),
+                      (overlay_heatmap(x, pred_maps[k]), f"GradCAM for {p}"))
+            for c, (img, title) in enumerate(panels):
+                ax = axes[r, 3 * j + c]
+                ax.imshow(img, cmap="gray" if c == 0 else None, vmin=0, vmax=1)
+                ax.set_title(title, fontsize=8)
+            k += 1
+    fig.suptitle("Most-confused pairs: GradCAM for the true class beside GradCAM for the predicted class",
+                 fontsize=10)
+    fig.tight_layout(rect=(0.06, 0, 1, 0.97))
+    return fig
+
+
 def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, checkpoint: str | None,
              data_name: str, progress: bool = True, chunk: int = 500) -> dict:
     """Explain ``images_u8`` (N, 28, 28, 1) with the checkpoint's model; write figures + report."""
+    import jax
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -88,17 +122,15 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
 
     # One pass over the test set: predictions, GradCAM and saliency for every image.
     gradcam, saliency = X.GradCAM(model, chunk_size=chunk), X.Saliency(model, chunk_size=chunk)
-    import jax
-    apply_fn = jax.jit(model.apply)
     cams, sals, logits = [], [], []
     t0 = time.perf_counter()
     for start in tqdm(range(0, n, chunk), desc="explaining test set", unit="batch", disable=not progress,
                       file=sys.stdout):
         x = images[start:start + chunk]
-        m, _, _ = gradcam.explain(params, batch_stats, x)
+        m, lg = gradcam.maps_and_logits(params, batch_stats, x)
         cams.append(np.asarray(X.normalize_maps(m)))
         sals.append(np.asarray(X.normalize_maps(saliency.attribute(params, batch_stats, x))))
-        logits.append(np.asarray(apply_fn({"params": params, "batch_stats": batch_stats}, x)))
+        logits.append(lg)
     cams, sals, logits = np.concatenate(cams), np.concatenate(sals), np.concatenate(logits)
     pass_seconds = time.perf_counter() - t0
     preds = logits.argmax(-1)
@@ -115,6 +147,7 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     from mnist_xai_metrics import deletion_insertion
     sub = slice(0, min(AUC_IMAGES, n))
     variables = {"params": params, "batch_stats": batch_stats}
+    apply_fn = jax.jit(model.apply)
     explainers = {"GradCAM": gradcam, "saliency": saliency, "Integrated Gradients": ig, "SmoothGrad": sg}
     deletion_auc = {}
     for name, explainer in explainers.items():
@@ -177,17 +210,14 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     fig.tight_layout()
     _save(fig, out / "confusion_matrix.png")
 
-    # Contrastive maps: GradCAM for the true class beside GradCAM for the predicted class.
-    contrast_idx = [int(i) for t, p, _ in pairs[:3]
-                    for i in np.flatnonzero((labels == t) & (preds == p))[:3]]
-    if contrast_idx:
-        xc = images[contrast_idx]
-        true_maps = X.normalize_maps(gradcam.attribute(params, batch_stats, xc, labels[contrast_idx]))
-        pred_maps = X.normalize_maps(gradcam.attribute(params, batch_stats, xc, preds[contrast_idx]))
-        rows = [{"GradCAM true": true_maps[i], "GradCAM predicted": pred_maps[i]} for i in range(len(xc))]
-        fig = X.explanation_grid(xc, rows, ["digit", "GradCAM true", "GradCAM predicted"],
-                                 titles=[f"true {labels[i]} → {preds[i]} ({100 * conf[i]:.0f}%)"
-                                         for i in contrast_idx], figsize_per_cell=1.9)
+    # Contrastive maps: for every most-confused pair, GradCAM for the true class beside GradCAM
+    # for the predicted class, on up to CONTRAST_EXAMPLES of its misclassified digits.
+    examples = [np.flatnonzero((labels == t) & (preds == p))[:CONTRAST_EXAMPLES] for t, p, _ in pairs]
+    if pairs:
+        idx = np.concatenate(examples)
+        true_maps = np.asarray(X.normalize_maps(gradcam.attribute(params, batch_stats, images[idx], labels[idx])))
+        pred_maps = np.asarray(X.normalize_maps(gradcam.attribute(params, batch_stats, images[idx], preds[idx])))
+        fig = contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps)
     else:
         fig, ax = plt.subplots(figsize=(4, 1.5))
         ax.axis("off")
@@ -214,6 +244,9 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     summary = {"data": data_name, "num_images": n, "accuracy": accuracy,
                "errors": int((~correct).sum()),
                "top_confusions": [{"true": t, "predicted": p, "count": c} for t, p, c in pairs],
+               "guessed_pairs": [{"pair": f"{a}/{b}", f"{a}->{b}": int(cm[a, b]), f"{b}->{a}": int(cm[b, a]),
+                                  "among_top": any({t, p} == {a, b} for t, p, _ in pairs)}
+                                 for a, b in GUESSED_PAIRS],
                "explain_pass_seconds": pass_seconds, "deletion_auc": deletion_auc,
                "deletion_auc_images": sub.stop,
                "checkpoint": str(checkpoint or "pretrained"), "checkpoint_epoch": meta.get("epoch")}
@@ -223,12 +256,17 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
 
 def write_report(out: Path, s: dict) -> None:
     conf = ", ".join(f"{c['true']}→{c['predicted']} ({c['count']})" for c in s["top_confusions"]) or "none"
+    guesses = "; ".join(
+        f"{g['pair']}: " + ", ".join(f"{k.replace('->', '→')} {v}" for k, v in g.items() if "->" in k)
+        + (" (among the most confused)" if g["among_top"] else " (not among the most confused)")
+        for g in s["guessed_pairs"])
     text = f"""# MNIST CNN explanations
 
 - Checkpoint: `{s['checkpoint']}` (epoch {s['checkpoint_epoch']})
-- Data: {s['data']}, {s['num_images']} digits
+- Data: {s['data']} — {s['num_images']:,} digits
 - Accuracy: **{100 * s['accuracy']:.2f}%** ({s['errors']} errors)
 - Most-confused pairs (true→predicted, count): {conf}
+- The pairs guessed to be confused, counted both ways: {guesses}
 - GradCAM + saliency pass over all digits: {s['explain_pass_seconds']:.1f} s
 
 ## Gallery: correctly classified digits
@@ -289,6 +327,8 @@ def main(argv=None) -> int:
         if args.num_images:
             if args.num_images > len(split):
                 raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} digits available")
+            if args.num_images < len(split):
+                name = f"the first {args.num_images} digits of {name}"
             split = split.take(args.num_images)
         summary = run_demo(split.images, split.labels, args.out, args.checkpoint or default_checkpoint(), name,
                            progress=not args.no_progress)

@@ -92,12 +92,66 @@ def test_full_demo_on_shipped_digits(tmp_path):
     assert proc.returncode == 0, proc.stderr
     import demo_mnist_xai
     report = (out / "report.md").read_text()
+    # (height, width) in pixels at 90 dpi; the shipped model gets all 200 digits right, so the
+    # two figures of mistakes say so in a small panel (they are drawn in the test below).
+    sizes = {"gallery.png": (1557, 765),  # 10 digits x 5 columns of 1.7-inch cells
+             "class_average_maps.png": (468, 1350), "confusion_matrix.png": (486, 558),
+             "contrastive.png": (135, 360), "misclassified.png": (193, 1350)}
+    assert set(sizes) == set(demo_mnist_xai.FIGURES)
     for name in demo_mnist_xai.FIGURES:
         img = _png(out / name)
-        assert img.shape[0] > 100 and img.shape[1] > 100
+        assert img.shape[:2] == sizes[name], name
         assert img[..., :3].var() > 1e-3, f"{name} looks blank"
         assert f"({name})" in report, f"report does not link {name}"
-    assert "Accuracy: **" in report and "200 digits" in report
+    assert "Accuracy: **" in report and "200 digits" in report and "guessed to be confused" in report
+
+
+def test_full_demo_mistakes_known_answer(tmp_path):
+    """Relabel some of the shipped digits (which the shipped model gets right) so that the
+    mistakes are known: 3 fours labelled 9, 2 threes labelled 8, 1 five labelled 6."""
+    import demo_mnist_xai
+    from mnist_data import load_sample_digits
+
+    sample = load_sample_digits().take(40)
+    labels = sample.labels.copy()
+    for true, shown_as, count in ((4, 9, 3), (3, 8, 2), (5, 6, 1)):
+        labels[np.flatnonzero(sample.labels == true)[:count]] = shown_as
+    summary = demo_mnist_xai.run_demo(sample.images, labels, tmp_path, str(ROOT / "pretrained"), "relabelled",
+                                      progress=False)
+    assert summary["errors"] == 6 and summary["accuracy"] == 34 / 40
+    assert summary["top_confusions"] == [{"true": 9, "predicted": 4, "count": 3},
+                                         {"true": 8, "predicted": 3, "count": 2},
+                                         {"true": 6, "predicted": 5, "count": 1}]
+    assert summary["guessed_pairs"] == [
+        {"pair": "4/9", "4->9": 0, "9->4": 3, "among_top": True},
+        {"pair": "3/8", "3->8": 0, "8->3": 2, "among_top": True},
+        {"pair": "5/6", "5->6": 0, "6->5": 1, "among_top": True}]
+    report = (tmp_path / "report.md").read_text()
+    assert "9→4 (3), 8→3 (2), 6→5 (1)" in report and "4/9: 4→9 0, 9→4 3 (among the most confused)" in report
+    # One row per confused pair, three examples of 3 panels (1.6-inch cells); one row of mistakes.
+    for name, size in (("contrastive.png", (504, 1296)), ("misclassified.png", (193, 1350))):
+        img = _png(tmp_path / name)
+        assert img.shape[:2] == size, name
+        assert img[..., :3].var() > 1e-3, f"{name} looks blank"
+
+
+def test_full_demo_reads_the_tfds_test_split(tmp_path, monkeypatch):
+    """--tfds hands tensorflow-datasets' test split to the demo (offline, under tfds' mock data)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import demo_mnist_xai
+
+    seen = {}
+
+    def fake_run_demo(images, labels, out, checkpoint, data_name, progress=True):
+        seen.update(images=images, labels=labels, data_name=data_name)
+        return {"accuracy": 1.0, "num_images": len(images), "top_confusions": []}
+
+    monkeypatch.setattr(demo_mnist_xai, "run_demo", fake_run_demo)
+    with tfds.testing.mock_data(num_examples=12):
+        assert demo_mnist_xai.main(["--tfds", "--out", str(tmp_path), "--no-progress", "--num-images", "5"]) == 0
+    assert seen["images"].shape == (5, 28, 28, 1) and seen["images"].dtype == np.uint8
+    assert seen["labels"].shape == (5,) and seen["images"].max() > 0
+    assert seen["data_name"] == "the first 5 digits of tensorflow-datasets mnist test split"
 
 
 def test_full_demo_bad_arguments(tmp_path):
