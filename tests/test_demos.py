@@ -200,3 +200,15 @@ def test_command_line_errors_are_one_line(script, args, message):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and f"(see {script} --help)" in lines[0], proc.stderr
+
+
+def test_full_demo_default_checkpoint_is_a_training_run_else_the_shipped_one(tmp_path, monkeypatch):
+    from demo_mnist_xai import default_checkpoint
+    from mnist_checkpoint import CKPT_SUBDIR
+
+    monkeypatch.chdir(tmp_path)
+    assert default_checkpoint() is None  # no checkpoints/: the shipped pretrained/
+    (tmp_path / "checkpoints" / CKPT_SUBDIR).mkdir(parents=True)
+    assert default_checkpoint() is None  # a run that saved nothing yet
+    (tmp_path / "checkpoints" / CKPT_SUBDIR / "4690").mkdir()
+    assert default_checkpoint() == "checkpoints"
