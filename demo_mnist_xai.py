@@ -216,8 +216,7 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     if pairs:
         idx = np.concatenate(examples)
         true_maps = np.asarray(X.normalize_maps(gradcam.attribute(params, batch_stats, images[idx], labels[idx])))
-        pred_maps = np.asarray(X.normalize_maps(gradcam.attribute(params, batch_stats, images[idx], preds[idx])))
-        fig = contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps)
+        fig = contrastive_figure(images, conf, pairs, examples, true_maps, cams[idx])  # cams: predicted class
     else:
         fig, ax = plt.subplots(figsize=(4, 1.5))
         ax.axis("off")
