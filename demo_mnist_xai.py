@@ -11,9 +11,10 @@ shipped sample of real test digits. Writes into --out (default outputs/demo):
     gallery.png             digit | GradCAM | saliency | Integrated Gradients | SmoothGrad
     class_average_maps.png  per class: mean digit, mean GradCAM, mean saliency
     confusion_matrix.png    the test-set confusion matrix
-    contrastive.png         most-confused pairs: GradCAM for the true vs the predicted class
+    contrastive.png         each most-confused pair: GradCAM for the true vs the predicted class
     misclassified.png       misclassified digits with label, prediction and confidence
     report.md               every figure with the key numbers
+    summary.json            the numbers (accuracy, confusions, guessed pairs, deletion AUCs)
 
 MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
 """
