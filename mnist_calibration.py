@@ -132,7 +132,7 @@ def calibration_report(val_logits, val_labels, test_logits, test_labels, bins: i
 # ----------------------------------------------------------------------------- checkpoints (JAX)
 
 
-def _write_json_atomic(path, obj) -> None:
+def _write_json_atomic(path, obj, indent: int | None = 2) -> None:
     """Write JSON under a temporary name beside ``path``, then rename it into place."""
     import json
     import os
@@ -141,7 +141,7 @@ def _write_json_atomic(path, obj) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.calibration-tmp")
     try:
-        tmp.write_text(json.dumps(obj, indent=2))
+        tmp.write_text(json.dumps(obj, indent=indent))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -187,7 +187,7 @@ def calibrate_checkpoint(step_dir, validation, test=None, batch_size: int = 1000
     import json
     meta = json.loads(meta_file.read_text())
     meta.update({"temperature": report["temperature"], "calibration": report})
-    _write_json_atomic(meta_file, meta)
+    _write_json_atomic(meta_file, meta, indent=None)  # one line, as orbax writes it
     return report
 
 

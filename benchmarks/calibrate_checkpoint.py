@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     meta_file = Path(step_dir) / "meta" / "metadata"
     stored = json.loads(meta_file.read_text())
     stored.update({"temperature": report["temperature"], "calibration": report})
-    C._write_json_atomic(meta_file, stored)
+    C._write_json_atomic(meta_file, stored, indent=None)  # one line, as orbax writes it
     metrics_file = Path(step_dir).parent.parent / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
