@@ -23,9 +23,11 @@ refnet) of the map's max; ours differ from torch's float32 maps by 1.3e-3 and 1.
 (whose BatchNorm we fold into the convs, so rounding differs) and 8e-6 on refnet (same
 rounding as torch, here). These flips are local: a wrong formula changes most pixels, a
 flip a few, so the loose ones must also have at most ``MAX_SHARE_OFF`` = 1% of their pixels
-off by more than 1e-4 (measured: 0.25% and 0.44% on cnn). pytorch-grad-cam's maps are min-max scaled per image (twice: on the 7x7 map before
-cv2.resize and on the 28x28 result, base_cam.py:172/181), so ours are compared after the same
-scaling of our 28x28 map (``pgc_scaling``; the first scaling is affine and cancels). Its
+off by more than 1e-4 (measured: 0.25% and 0.44% on cnn).
+
+pytorch-grad-cam's maps are min-max scaled per image (twice: on the 7x7 map before
+cv2.resize and on the 28x28 result, base_cam.py:172/181), so ours are compared after the
+same scaling of our 28x28 map (``pgc_scaling``; the first scaling is affine and cancels). Its
 7x7 CAMs (before any scaling) are compared with our ``raw_cam`` directly.
 
 ``worst_relative_gap`` is importable, so a scratch script can run deliberately broken
