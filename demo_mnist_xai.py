@@ -128,7 +128,7 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     for start in tqdm(range(0, n, chunk), desc="explaining test set", unit="batch", disable=not progress,
                       file=sys.stdout):
         x = images[start:start + chunk]
-        m, lg = gradcam.maps_and_logits(params, batch_stats, x)
+        m, lg = gradcam.attribute(params, batch_stats, x, return_logits=True)
         cams.append(np.asarray(X.normalize_maps(m)))
         sals.append(np.asarray(X.normalize_maps(saliency.attribute(params, batch_stats, x))))
         logits.append(lg)
@@ -147,15 +147,13 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     # AUC_IMAGES digits, shown beside its name.
     from mnist_xai_metrics import deletion_insertion
     sub = slice(0, min(AUC_IMAGES, n))
-    variables = {"params": params, "batch_stats": batch_stats}
-    apply_fn = jax.jit(model.apply)
     explainers = {"GradCAM": gradcam, "saliency": saliency, "Integrated Gradients": ig, "SmoothGrad": sg}
     deletion_auc = {}
     for name, explainer in explainers.items():
         maps = explainer.attribute(params, batch_stats, images[sub], preds[sub])
         if name == "Integrated Gradients":
             maps = np.abs(maps)
-        deletion_auc[name] = float(deletion_insertion(apply_fn, variables, images[sub], maps, preds[sub])
+        deletion_auc[name] = float(deletion_insertion(model, params, batch_stats, images[sub], maps, preds[sub])
                                    ["deletion_auc"].mean())
     if pick:
         xg = images[pick]

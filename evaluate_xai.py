@@ -76,7 +76,7 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
     for name, maps in maps_by_name.items():
         t0 = time.perf_counter()
         with bar(len(images) + (stages * sub.stop if name in methods else 0), f"{name}: metrics") as b:
-            curves = M.deletion_insertion(apply_fn, variables, images, maps, targets, steps=steps, probs=probs,
+            curves = M.deletion_insertion(model, params, batch_stats, images, maps, targets, steps=steps, probs=probs,
                                           progress=b.update)
             on_ink, ink = M.ink_share(images, maps)
             row = {

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_xai_visualizations import as_image_batch, as_targets, in_chunks, on_cpu, split_over_devices, whole_number
+from mnist_xai_visualizations import (as_image_batch, as_targets, explained, finite_number, in_chunks, on_cpu,
+                                      split_over_devices, whole_number)
 
 INK_THRESHOLD = 0.5
 
@@ -43,13 +44,14 @@ def sobel_attribution(images) -> np.ndarray:
     return np.asarray(jnp.hypot(conv(x, kx), conv(x, kx.T)))
 
 
-def _as_maps(maps, n: int) -> np.ndarray:
-    """Attribution maps as float32 (n, 28, 28), finite; ValueError otherwise."""
+def _as_maps(maps, n: int, hw: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """Attribution maps as float32 (n, H, W), finite; ValueError otherwise."""
     maps = np.asarray(maps, np.float32)
-    if maps.shape == (28, 28):
+    if maps.shape == tuple(hw):
         maps = maps[None]
-    if maps.shape != (n, 28, 28):
-        raise ValueError(f"maps: expected one 28x28 map per image, ({n}, 28, 28), got shape {maps.shape}")
+    if maps.shape != (n, *hw):
+        raise ValueError(f"maps: expected one {hw[0]}x{hw[1]} map per image, ({n}, {hw[0]}, {hw[1]}), "
+                         f"got shape {maps.shape}")
     if not np.isfinite(maps).all():
         raise ValueError("maps: expected finite values, got NaN/inf")
     return maps
@@ -64,20 +66,20 @@ def _auc(curve: jax.Array) -> jax.Array:
     return (curve[..., 1:] + curve[..., :-1]).sum(-1) / (2 * s)
 
 
-def _interior_curves(apply_fn, steps: int):
+def _interior_curves(target, steps: int, baseline: float):
     """For a chunk: deletion and insertion probabilities at the interior steps 1..steps-1."""
-    counts = np.round(np.linspace(0, 784, steps + 1)).astype(np.int32)[1:-1]  # pixels changed per step
 
     def curves(variables, images, maps, targets):
-        n = images.shape[0]
+        n, h, w, c = images.shape
+        counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int32)[1:-1]  # pixels changed per step
         # rank[i, p] = position of pixel p in descending attribution order (0 = most important)
         order = jnp.argsort(-maps.reshape(n, -1), axis=1, stable=True)
-        rank = jnp.argsort(order, axis=1).reshape(n, 28, 28, 1)
-        top = rank[None] < jnp.asarray(counts)[:, None, None, None, None]  # (S-1, n, 28, 28, 1)
-        deleted = jnp.where(top, 0.0, images[None])
-        inserted = jnp.where(top, images[None], 0.0)
-        batch = jnp.concatenate([deleted, inserted]).reshape(-1, 28, 28, 1)
-        probs = jax.nn.softmax(apply_fn(variables, batch)).reshape(2, steps - 1, n, -1)
+        rank = jnp.argsort(order, axis=1).reshape(n, h, w, 1)
+        top = rank[None] < jnp.asarray(counts)[:, None, None, None, None]  # (S-1, n, H, W, 1)
+        deleted = jnp.where(top, baseline, images[None])
+        inserted = jnp.where(top, images[None], baseline)
+        batch = jnp.concatenate([deleted, inserted]).reshape(-1, h, w, c)
+        probs = jax.nn.softmax(target.logits(variables, batch)).reshape(2, steps - 1, n, -1)
         p = jnp.take_along_axis(probs, targets[None, None, :, None], 3)[..., 0]  # (2, S-1, n)
         return p[0].T, p[1].T
 
@@ -85,40 +87,46 @@ def _interior_curves(apply_fn, steps: int):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_curves(apply_fn, steps: int):
-    return split_over_devices(_interior_curves(apply_fn, steps), (False, True, True, True))
+def _compiled_curves(target, steps: int, baseline: float):
+    return split_over_devices(_interior_curves(target, steps, baseline), (False, True, True, True))
 
 
-def deletion_insertion(apply_fn, variables, images, maps, targets, steps: int = 16, chunk: int | None = None,
-                       probs=None, progress=None):
+def deletion_insertion(model, params, batch_stats, images, maps, targets, steps: int = 16, chunk: int | None = None,
+                       probs=None, progress=None, baseline: float = 0.0):
     """Curves (N, steps + 1) and AUCs (N,) for deletion and insertion, as a dict of numpy arrays.
 
-    ``apply_fn(variables, images) -> logits``; ``maps`` (N, 28, 28) rank the pixels (ties
-    are broken by pixel order); ``targets`` (N,) the class whose probability is tracked.
-    The ends of the curves do not depend on the map (the image itself, and a black image),
-    so they take two forward passes in all; ``probs`` (N, classes), the softmax of the
-    unperturbed images, saves one of them when several maps of the same images are scored.
+    ``model, params, batch_stats, images`` as for the explainers (any flax module or logits
+    function; ``mnist_xai_visualizations`` documents the contract); ``maps`` (N, H, W) rank the
+    pixels (ties are broken by pixel order); ``targets`` (N,) the class whose probability is
+    tracked. Removed pixels become ``baseline`` (0: black for MNISTCNN; give the model's own
+    black for a model with standardised inputs), inserted ones go into a ``baseline`` image.
+    The ends of the curves do not depend on the map (the image itself, and the baseline
+    image), so they take two forward passes in all; ``probs`` (N, classes), the softmax of
+    the unperturbed images, saves one of them when several maps of the same images are scored.
     Chunks of ``chunk`` images x 2 (steps - 1) perturbed images go through the network as
     one batch, split over the local devices; by default 4 on a CPU (small calls stay in
-    cache: ~1,260 perturbed digits/s against ~880 at 64 on this project's machine), 64 on
-    accelerators. ``progress(images_done)`` is called after each chunk.
+    cache), 64 on accelerators. ``progress(images_done)`` is called after each chunk.
     """
-    images = as_image_batch(images)
-    maps = _as_maps(maps, len(images))
-    if targets is None:
-        raise ValueError("targets: expected one class (0-9) per image, got None")
-    targets = as_targets(targets, len(images))
+    target = explained(model)
+    images = target.images(images)
+    variables = target.variables(params, batch_stats, images.shape[1:])
     n = len(images)
+    maps = _as_maps(maps, n, images.shape[1:3])
+    if targets is None:
+        raise ValueError("targets: expected one class per image, got None")
+    targets = as_targets(targets, n, target.num_classes(variables, images))
     steps = whole_number("steps", steps, 2)
+    baseline = finite_number("baseline", baseline)
     chunk = whole_number("chunk", chunk if chunk is not None else 4 if on_cpu() else 64)
     if probs is not None and np.shape(probs)[:1] != (n,):
         raise ValueError(f"probs: expected one row of class probabilities per image ({n}), got shape {np.shape(probs)}")
     if probs is None:
-        forward = jax.jit(lambda v, x: jax.nn.softmax(apply_fn(v, x)))
+        forward = jax.jit(lambda v, x: jax.nn.softmax(target.logits(v, x)))
         (probs,) = in_chunks(lambda x: (forward(variables, x),), (images,), 1000)
     original = np.asarray(probs)[np.arange(n), targets]
-    black = np.asarray(jax.nn.softmax(apply_fn(variables, np.zeros((1, 28, 28, 1), np.float32))))[0, targets]
-    fn, devices = _compiled_curves(apply_fn, int(steps))
+    empty = np.full((1, *images.shape[1:]), baseline, np.float32)
+    black = np.asarray(jax.nn.softmax(target.logits(variables, empty)))[0, targets]
+    fn, devices = _compiled_curves(target, int(steps), baseline)
     chunk = -(-chunk // devices) * devices
     deleted, inserted = in_chunks(lambda x, m, t: fn(variables, x, m, t), (images, maps, targets), chunk, devices,
                                   progress)

@@ -41,7 +41,7 @@ def run_quick_demo(out: str | os.PathLike = DEFAULT_OUT, checkpoint: str | None 
     idx = pick_one_per_class(sample.labels)
     images = sample.images[idx].astype(np.float32) / 255.0  # (10, 28, 28, 1)
 
-    gradcam, logits = X.GradCAM(model).maps_and_logits(params, batch_stats, images)
+    gradcam, logits = X.GradCAM(model).attribute(params, batch_stats, images, return_logits=True)
     saliency = X.Saliency(model).attribute(params, batch_stats, images)
     preds = logits.argmax(-1)
     confidence = np.asarray(jax.nn.softmax(logits)).max(-1)

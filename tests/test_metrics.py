@@ -18,10 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PIXEL = (14, 14)
 
 
-def one_pixel_logits(variables, images):
+def one_pixel_logits(images):
     """Class 0's logit is 10 x the pixel at (14, 14); the other nine are 0."""
     x = images.reshape(images.shape[0], 28, 28)[:, PIXEL[0], PIXEL[1]]
     return jnp.zeros((images.shape[0], 10)).at[:, 0].set(10 * x)
+
+
+# A plain logits function may declare the digit contract as MNISTCNN does: 28x28x1, pixels in [0, 1].
+one_pixel_logits.image_shape, one_pixel_logits.input_range = (28, 28, 1), (0.0, 1.0)
 
 
 def _images(n, seed=0):
@@ -35,7 +39,7 @@ def test_deletion_auc_minimal_when_the_read_pixel_ranks_first():
     maps = np.zeros((8, 28, 28), np.float32)
     maps[:, PIXEL[0], PIXEL[1]] = 1.0
     steps = 16
-    out = M.deletion_insertion(one_pixel_logits, {}, images, maps, np.zeros(8, np.int32), steps=steps)
+    out = M.deletion_insertion(one_pixel_logits, None, None, images, maps, np.zeros(8, np.int32), steps=steps)
     p_full = float(jax.nn.softmax(jnp.array([10.0] + [0.0] * 9))[0])
     # Removing the first 49 pixels (step 1) removes the one that matters: p drops to 1/10.
     np.testing.assert_allclose(out["deletion_curve"][:, 0], p_full, rtol=1e-6)
@@ -50,7 +54,7 @@ def test_random_attribution_sits_at_the_random_expectation():
     n, steps = 400, 16
     images = _images(n, seed=1)
     maps = M.random_attribution(jax.random.PRNGKey(0), n)
-    out = M.deletion_insertion(one_pixel_logits, {}, images, maps, np.zeros(n, np.int32), steps=steps)
+    out = M.deletion_insertion(one_pixel_logits, None, None, images, maps, np.zeros(n, np.int32), steps=steps)
     # The pixel is removed at a uniformly random step k in 1..S: expected AUC is the mean over k.
     p = float(jax.nn.softmax(jnp.array([10.0] + [0.0] * 9))[0])
     counts = np.round(np.linspace(0, 784, steps + 1)).astype(int)
@@ -67,10 +71,10 @@ def test_random_attribution_sits_at_the_random_expectation():
 def test_curves_with_given_probabilities_and_bad_arguments():
     images, maps = _images(5), M.random_attribution(jax.random.PRNGKey(3), 5)
     targets = np.zeros(5, np.int32)
-    probs = np.asarray(jax.nn.softmax(one_pixel_logits({}, images)))
-    out = M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=6, chunk=2)
+    probs = np.asarray(jax.nn.softmax(one_pixel_logits(images)))
+    out = M.deletion_insertion(one_pixel_logits, None, None, images, maps, targets, steps=6, chunk=2)
     done = []
-    given = M.deletion_insertion(one_pixel_logits, {}, images, maps, targets, steps=6, chunk=2, probs=probs,
+    given = M.deletion_insertion(one_pixel_logits, None, None, images, maps, targets, steps=6, chunk=2, probs=probs,
                                  progress=done.append)
     assert sum(done) == 5  # progress counts the images, chunk by chunk
     for kind in out:
@@ -91,12 +95,12 @@ def test_curves_with_given_probabilities_and_bad_arguments():
     ]:
         args = {"images": images, "maps": maps, "targets": targets, **kwargs}
         with pytest.raises(ValueError, match=match):
-            M.deletion_insertion(one_pixel_logits, {}, args.pop("images"), args.pop("maps"), args.pop("targets"),
+            M.deletion_insertion(one_pixel_logits, None, None, args.pop("images"), args.pop("maps"), args.pop("targets"),
                                  **args)
     u8 = (np.asarray(images) * 255).round().astype(np.uint8)  # read like the explainers read it
-    np.testing.assert_allclose(M.deletion_insertion(one_pixel_logits, {}, u8, maps, targets, steps=6, chunk=2)
+    np.testing.assert_allclose(M.deletion_insertion(one_pixel_logits, None, None, u8, maps, targets, steps=6, chunk=2)
                                ["deletion_auc"],
-                               M.deletion_insertion(one_pixel_logits, {}, u8 / np.float32(255), maps, targets,
+                               M.deletion_insertion(one_pixel_logits, None, None, u8 / np.float32(255), maps, targets,
                                                     steps=6, chunk=2)["deletion_auc"])
 
 

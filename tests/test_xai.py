@@ -160,7 +160,7 @@ def test_batched_equals_one_at_a_time_and_no_mutation(name, cnn, digits):
         np.testing.assert_allclose(one[0], maps[i], rtol=1e-4, atol=1e-6 * scale)
     np.testing.assert_array_equal(preds, np.asarray(logits).argmax(-1))
     np.testing.assert_allclose(scores, np.asarray(logits)[np.arange(3), targets], rtol=1e-5)
-    same_maps, all_logits = explainer.maps_and_logits(params, batch_stats, digits, targets)
+    same_maps, all_logits = explainer.attribute(params, batch_stats, digits, targets, return_logits=True)
     np.testing.assert_array_equal(same_maps, maps)
     np.testing.assert_allclose(all_logits, np.asarray(logits), rtol=1e-5, atol=1e-5)  # of the images as given
 
@@ -244,7 +244,7 @@ def test_bad_targets(targets, match, cnn, digits):
 def test_bad_method_name_and_model():
     with pytest.raises(ValueError, match="method: expected one of gradcam"):
         X.make_explainer("lime", LinearNet())
-    with pytest.raises(ValueError, match="`features` method"):
+    with pytest.raises(ValueError, match="model: expected a flax.linen Module or a function images -> logits, got object"):
         X.GradCAM(object())
 
 
@@ -257,7 +257,7 @@ def test_bad_method_name_and_model():
     (lambda m: X.Occlusion(m, stride=True), r"stride: expected an integer in 1-28, got True"),
     (lambda m: X.Occlusion(m, baseline=float("nan")), r"baseline: expected a finite number, got nan"),
     (lambda m: X.Saliency(m, chunk_size=0), r"chunk_size: expected an integer >= 1, got 0"),
-    (lambda m: X.make_explainer("gradcam", m, steps=10), r"gradcam: expected options among chunk_size, relu, got steps"),
+    (lambda m: X.make_explainer("gradcam", m, steps=10), r"gradcam: expected options among chunk_size, layer, relu, got steps"),
     (lambda m: X.make_explainer(["gradcam"], m), r"method: expected one of gradcam"),
 ])
 def test_bad_method_options(make, match, cnn):
@@ -357,8 +357,7 @@ for name in X.METHODS:
     out[name] = e.attribute(params, batch_stats, x, [2, 5, 7])
     out[name + "/one"] = e.attribute(params, batch_stats, x[0], [2])  # one image, padded to 2
 import mnist_xai_metrics as M
-apply_fn = jax.jit(model.apply)
-curves = M.deletion_insertion(apply_fn, {"params": params, "batch_stats": batch_stats}, x, out["saliency"],
+curves = M.deletion_insertion(model, params, batch_stats, x, out["saliency"],
                               np.array([2, 5, 7]), steps=8, chunk=2)
 out["deletion_curve"], out["insertion_curve"] = curves["deletion_curve"], curves["insertion_curve"]
 np.savez(sys.argv[2], **out)
@@ -384,7 +383,7 @@ def test_two_devices_give_the_same_maps_as_one(cnn, digits, tmp_path):
                                    err_msg=name)
     # The deletion/insertion curves split their chunks over the devices too.
     import mnist_xai_metrics as M
-    curves = M.deletion_insertion(jax.jit(model.apply), {"params": params, "batch_stats": batch_stats}, digits,
+    curves = M.deletion_insertion(model, params, batch_stats, digits,
                                   two["saliency"], np.array([2, 5, 7]), steps=8)
     for kind in ("deletion_curve", "insertion_curve"):
         np.testing.assert_allclose(two[kind], curves[kind], rtol=1e-4, atol=1e-6, err_msg=kind)
