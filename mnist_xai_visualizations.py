@@ -96,19 +96,29 @@ def _describe(x) -> str:
     return f"shape {tuple(np.shape(x))} dtype {np.asarray(x).dtype}"
 
 
-def as_image_batch(images) -> np.ndarray:
-    """Validate and convert to a float32 batch (N, 28, 28, 1) in [0, 1]; never mutates input."""
+def _float_pixels(images, integers: bool) -> np.ndarray:
+    """``images`` as float32; integer pixels (uint8 or any integer dtype) read as 0-255 and
+    scaled to [0, 1] where ``integers`` (a [0, 1] model), refused otherwise."""
     arr = np.asarray(images)
-    if np.issubdtype(arr.dtype, np.integer):  # uint8 and other integer pixels: 0-255
+    if np.issubdtype(arr.dtype, np.integer):
+        if not integers:
+            raise ValueError(f"images: expected float images in the model's input range, got integers "
+                             f"({_describe(images)}); only a model with input_range (0, 1) reads 0-255 pixels")
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise ValueError(f"images: expected integer pixels in 0-255, got values in "
                              f"[{arr.min()}, {arr.max()}] ({_describe(images)})")
-        arr = arr.astype(np.float32) / 255.0
-    elif not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == bool):
-        raise ValueError(f"images: expected a float or uint8 array, got {_describe(images)}")
+        return arr.astype(np.float32) / 255.0
+    if not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == bool):
+        kinds = "a float or uint8 array" if integers else "a float array"
+        raise ValueError(f"images: expected {kinds}, got {_describe(images)}")
     # No copy when the input is float32 already: nothing downstream writes into it
     # (chunks are slices or new padded arrays), so callers' arrays are never touched.
-    arr = arr.astype(np.float32, copy=False)
+    return arr.astype(np.float32, copy=False)
+
+
+def as_image_batch(images) -> np.ndarray:
+    """Validate and convert to a float32 batch (N, 28, 28, 1) in [0, 1]; never mutates input."""
+    arr = _float_pixels(images, integers=True)
     if arr.shape == IMAGE_HW:
         arr = arr[None, :, :, None]
     elif arr.shape == (*IMAGE_HW, 1):
@@ -170,18 +180,7 @@ def as_images(images, input_range=None) -> np.ndarray:
     pixels are read as 0-255 (only for a [0, 1] model); without it any finite floats pass.
     Never mutates the input.
     """
-    arr = np.asarray(images)
-    if np.issubdtype(arr.dtype, np.integer):
-        if input_range is None or tuple(input_range) != (0.0, 1.0):
-            raise ValueError(f"images: expected float images in the model's input range, got integers "
-                             f"({_describe(images)}); only a model with input_range (0, 1) reads 0-255 pixels")
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise ValueError(f"images: expected integer pixels in 0-255, got values in "
-                             f"[{arr.min()}, {arr.max()}] ({_describe(images)})")
-        arr = arr.astype(np.float32) / 255.0
-    elif not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == bool):
-        raise ValueError(f"images: expected a float array (N, H, W, C), got {_describe(images)}")
-    arr = arr.astype(np.float32, copy=False)
+    arr = _float_pixels(images, integers=input_range is not None and tuple(input_range) == (0.0, 1.0))
     if arr.ndim == 2:
         arr = arr[None, :, :, None]
     elif arr.ndim == 3:
