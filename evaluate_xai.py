@@ -37,9 +37,14 @@ def _interval(values, seed):
 
 
 def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0, steps=16,
-                     randomization_images=100, progress=print) -> tuple[dict, dict]:
+                     randomization_images=100, progress=print, road=True) -> tuple[dict, dict]:
     """Returns the report (JSON-ready) and the first digit's maps through the randomisation
-    cascade (``{"image", "target", "maps": {method: (1 + stages, 28, 28)}}``) for its figure."""
+    cascade (``{"image", "target", "maps": {method: (1 + stages, 28, 28)}}``) for its figure.
+
+    Each map is also located (``mnist_xai_metrics.localisation_by_class``: share of its positive
+    attribution on the outer 4 px frame and on ink, per predicted class) and, with ``road``,
+    scored by ROAD (``mnist_xai_metrics.road``: MoRF/LeRF with noisy linear imputation at
+    10..90% removed, the same noise for every method)."""
     import jax
     from tqdm import tqdm
 
@@ -75,18 +80,30 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
     stages = len(M.cascading_layers(params))
     for name, maps in maps_by_name.items():
         t0 = time.perf_counter()
-        with bar(len(images) + (stages * sub.stop if name in methods else 0), f"{name}: metrics") as b:
+        with bar((2 if road else 1) * len(images) + (stages * sub.stop if name in methods else 0),
+                 f"{name}: metrics") as b:
             curves = M.deletion_insertion(model, params, batch_stats, images, maps, targets, steps=steps, probs=probs,
                                           progress=b.update)
             on_ink, ink = M.ink_share(images, maps)
+            loc = M.localisation_by_class(images, maps, targets)
+            rd = M.road(model, params, batch_stats, images, maps, targets, key=key, probs=probs,
+                        progress=b.update) if road else None
             row = {
                 "deletion_auc": M.bootstrap_ci(curves["deletion_auc"], seed),
                 "insertion_auc": M.bootstrap_ci(curves["insertion_auc"], seed),
                 "deletion_curve": curves["deletion_curve"].mean(0).tolist(),
                 "insertion_curve": curves["insertion_curve"].mean(0).tolist(),
                 "ink_share": float(np.nanmean(on_ink)), "ink_share_random": float(ink.mean()),
+                "frame_share": loc["frame_share_mean"], "frame_share_by_class": loc["frame_share"],
+                "ink_ratio": loc["ink_ratio_mean"], "ink_ratio_by_class": loc["ink_ratio"],
                 "maps_seconds": timings.get(name),
             }
+            if rd is not None:
+                row.update({"road_morf_auc": M.bootstrap_ci(rd["morf_auc"], seed),
+                            "road_lerf_auc": M.bootstrap_ci(rd["lerf_auc"], seed),
+                            "road_morf_curve": rd["morf_curve"].mean(0).tolist(),
+                            "road_lerf_curve": rd["lerf_curve"].mean(0).tolist(),
+                            "road_residual_max": float(rd["residual"].max())})
             if name in methods:
                 cascade, details = M.randomization_test(explainers[name], params, batch_stats, fresh, images[sub],
                                                         targets[sub], key=key, maps=maps[sub], progress=b.update,
@@ -103,21 +120,43 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
         progress(f"  {name}: metrics in {time.perf_counter() - t0:.1f} s")
     report = {"results": results, "num_images": len(images), "steps": steps,
               "randomization_images": sub.stop, "pass_correlation": PASS_CORRELATION,
-              "model_accuracy": float((targets == labels).mean())}
+              "model_accuracy": float((targets == labels).mean()),
+              "frame_border": M.FRAME_BORDER, "frame_area": float(M.frame_mask().mean())}
+    if road:
+        report["road_fractions"] = [float(f) for f in np.round(np.asarray(M.ROAD_FRACTIONS) * 784) / 784]
     return report, {"image": images[0, ..., 0], "target": int(targets[0]), "maps": example}
 
 
 def format_table(report: dict) -> str:
+    """The results as a markdown table. Frame: share of a map's positive attribution on the outer
+    4 px (a uniform map: 0.49), mean over digits and the largest per predicted class; ink ratio:
+    its share on ink over the ink's share of the image (uniform: 1), mean and the smallest class;
+    ROAD: mean target probability over 10..90% removed, most (MoRF) / least (LeRF) relevant first."""
     res = report["results"]
     rnd = res["random (baseline)"]
-    lines = ["| method | deletion AUC ↓ (95% CI) | insertion AUC ↑ (95% CI) | beats random (del/ins) "
-             "| ink share (random) | randomisation ρ after full cascade (95% CI) | passes | IG completeness error |",
-             "|---|---|---|---|---|---|---|---|"]
+    has_loc = all("frame_share" in r for r in res.values())
+    has_road = all("road_morf_auc" in r for r in res.values())
+    head = ["method", "deletion AUC ↓ (95% CI)", "insertion AUC ↑ (95% CI)", "beats random (del/ins)",
+            "ink share (random)"]
+    if has_loc:
+        head += ["frame share ↓ mean / worst class", "ink ratio ↑ mean / worst class"]
+    if has_road:
+        head += ["ROAD MoRF ↓ (95% CI)", "ROAD LeRF ↑ (95% CI)"]
+    head += ["randomisation ρ after full cascade (95% CI)", "passes", "IG completeness error"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in res.items():
         d, i = r["deletion_auc"], r["insertion_auc"]
         beats = "—" if "baseline" in name else \
             f"{'yes' if d[2] < rnd['deletion_auc'][1] else 'no'}/{'yes' if i[1] > rnd['insertion_auc'][2] else 'no'}"
-        ink = f"{r['ink_share']:.2f} ({r['ink_share_random']:.2f})"
+        cells = [name, f"{d[0]:.3f} ({d[1]:.3f}–{d[2]:.3f})", f"{i[0]:.3f} ({i[1]:.3f}–{i[2]:.3f})", beats,
+                 f"{r['ink_share']:.2f} ({r['ink_share_random']:.2f})"]
+        if has_loc:
+            worst_frame = max((v for v in r["frame_share_by_class"] if v == v), default=float("nan"))
+            worst_ink = min((v for v in r["ink_ratio_by_class"] if v == v), default=float("nan"))
+            cells += [f"{r['frame_share']:.2f} / {worst_frame:.2f}", f"{r['ink_ratio']:.2f}x / {worst_ink:.2f}x"]
+        if has_road:
+            cells += ["{:.3f} ({:.3f}–{:.3f})".format(*r["road_morf_auc"]),
+                      "{:.3f} ({:.3f}–{:.3f})".format(*r["road_lerf_auc"])]
         casc = "—"
         if "randomization" in r:
             casc = f"{r['randomization'][-1][1]:.2f}"
@@ -125,8 +164,7 @@ def format_table(report: dict) -> str:
                 casc += " ({:.2f}–{:.2f})".format(*r["randomization_ci"][-1])
         passes = ("yes" if r["randomization_passes"] else "no") if "randomization" in r else "—"
         comp = f"{100 * r['completeness_error_mean']:.2f}% mean" if "completeness_error_mean" in r else "—"
-        lines.append(f"| {name} | {d[0]:.3f} ({d[1]:.3f}–{d[2]:.3f}) | {i[0]:.3f} ({i[1]:.3f}–{i[2]:.3f}) "
-                     f"| {beats} | {ink} | {casc} | {passes} | {comp} |")
+        lines.append("| " + " | ".join(cells + [casc, passes, comp]) + " |")
     return "\n".join(lines)
 
 
