@@ -248,6 +248,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
                "explain_pass_seconds": pass_seconds, "deletion_auc": deletion_auc,
                "deletion_auc_images": sub.stop,
                "checkpoint": str(checkpoint or "pretrained"), "checkpoint_epoch": meta.get("epoch")}
+    from mnist_xai_metrics import localisation_by_class  # where GradCAM's mass lies, per predicted class
+    summary["gradcam_localisation"] = localisation_by_class(images, cams, preds)
     write_report(out, summary)
     return summary
 
@@ -258,6 +260,17 @@ def write_report(out: Path, s: dict) -> None:
         f"{g['pair']}: " + ", ".join(f"{k.replace('->', '→')} {v}" for k, v in g.items() if "->" in k)
         + (" (among the most confused)" if g["among_top"] else " (not among the most confused)")
         for g in s["guessed_pairs"])
+    loc = s.get("gradcam_localisation")
+    where = ""
+    if loc:
+        per = lambda key, f: ", ".join(f"{c}: {v:{f}}" for c, v in enumerate(loc[key]) if v == v)  # noqa: E731
+        where = (f"\nWhere GradCAM (as displayed) puts its mass, mean per predicted class: on the outer "
+                 f"{loc['border']} px frame ({100 * loc['frame_area']:.0f}% of the image, what a uniform map gets) "
+                 f"{loc['frame_share_mean']:.2f} overall — {per('frame_share', '.2f')}; on ink (pixels > "
+                 f"{loc['threshold']:g}) {loc['ink_ratio_mean']:.1f}x its share of the image — {per('ink_ratio', '.1f')}. "
+                 "A frame share near or above the frame's area means the map glows along the border rather "
+                 "than on the stroke: GradCAM credits the empty background (activations a blank image has too) "
+                 "to the class, and most of the background lies in the frame (docs/frame-study.md).\n")
     text = f"""# MNIST CNN explanations
 
 - Checkpoint: `{s['checkpoint']}` (epoch {s['checkpoint_epoch']})
@@ -276,7 +289,7 @@ Full faithfulness table: `python evaluate_xai.py`.
 
 ## Class-average maps
 Mean digit, mean GradCAM and mean saliency per class (maps scaled to [0, 1] per image first).
-![class averages](class_average_maps.png)
+{where}![class averages](class_average_maps.png)
 
 ## Confusion matrix
 ![confusion matrix](confusion_matrix.png)
