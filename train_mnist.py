@@ -398,6 +398,9 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
     result = {"history": history, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
               "train_seconds": time.perf_counter() - t_start, "devices": [str(d) for d in devices],
               **_summary(meta)}
+    # Temperature scaling: T fitted on the validation split into each kept step's meta; ECE into metrics.json.
+    from mnist_calibration import calibrate_workdir
+    result.update(calibrate_workdir(workdir, data, cfg.eval_batch_size))
     write_json_atomic(workdir / "metrics.json", result)
     result["state"] = state
     return result
