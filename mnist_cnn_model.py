@@ -67,9 +67,9 @@ def conv3x3_weight_grad(x: jax.Array, g: jax.Array, chunk_bytes: int = 1 << 22) 
     """dL/dw of a 3x3 SAME conv as im2col matmuls over cache-sized chunks of the batch.
 
     XLA's CPU backend lowers this gradient to a convolution whose "kernel" is the whole
-    28x28 activation map; on this project's 2-core CPU that one op took 690 ms of a 1.45 s
-    training step at batch 128. Summing patches^T @ g over chunks of a few images takes
-    ~45 ms for the same layer (see README_MNIST_XAI.md, "Where the CPU time goes").
+    28x28 activation map, which dominated the CPU training step; summing patches^T @ g over
+    chunks of a few images is an order of magnitude faster for the same layer (measurements:
+    docs/performance-notes.md).
     """
     n, h, w, c = x.shape
     o = g.shape[-1]
@@ -139,7 +139,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     whole gradient goes to the first of them in row-major order (top-left, top-right,
     bottom-left, bottom-right). A plain ``x.reshape(...).max(...)`` would split it evenly
     between the ties instead, which moves saliency, Gradient x Input and Integrated Gradients
-    on the background by up to 19% of the map's maximum against Captum's.
+    on the background by up to half of the map's maximum against Captum's.
 
     Written as elementwise selects (no ``select_and_scatter``, which is slow on XLA's CPU
     backend): the gradient of ``where`` flows only into the branch it picks.
@@ -210,8 +210,8 @@ class MNISTCNN(nn.Module):
 
         At inference BatchNorm is an affine map per channel, folded into the conv's kernel and
         bias (``folded_conv``): one conv, a bias and a ReLU, the same values to float rounding.
-        On this project's 2-core CPU that made Score-CAM 17-35% faster and the deletion/insertion
-        curves 7-14% (three interleaved A/B runs; gradient methods and Occlusion unchanged).
+        It speeds up the forward-bound methods (Score-CAM, the deletion/insertion curves;
+        docs/performance-notes.md).
 
         ``padding="VALID"`` (inference only) drops the zero border: a crop of h x w gives
         (h-2) x (w-2) values, equal to the SAME layer's on the crop's interior. Incremental

@@ -58,22 +58,17 @@ batches to whole chunks, so this warm-up compiles the very shape(s) the timed ru
 (for N <= chunk_size that is the same N images) and compilation is excluded. Captum's
 warm-up is one call on a small batch (up to 16 images); PyTorch has nothing to compile.
 The slow reference methods (Captum's integrated_gradients, smoothgrad, occlusion and
-pytorch-grad-cam's scorecam; ~10-40 maps/s on a 2-core CPU) are timed on the first
+pytorch-grad-cam's scorecam, tens of maps/s on a CPU) are timed on the first
 ``--captum-max-images`` images only (default 200); the table says how many images each
 side timed.
 
 Agreement columns: on the images both sides explained, Pearson r between the two maps
 (mean over images) and max |ours - Captum| / max |ours|. SmoothGrad's noise draws differ
 between the two (ours shares one set of noise images across the batch), so only its r is
-meaningful. GradCAM and Occlusion agree to float precision. The input-gradient methods
-(saliency, gradient_x_input, integrated_gradients, smoothgrad) do NOT with the default
-``nn.MaxPool2d``: MNIST's flat background gives 2x2 pooling windows whose maximum is tied
-(about a quarter of the first pool's windows), and JAX's max (our ``max_pool_2x2``) splits
-the gradient evenly between tied elements while ``nn.MaxPool2d`` sends all of it to one
-element. Both are valid subgradients; saliency maps then differ in the background
-(r ~0.86). ``--tie-splitting-pool`` replaces ``nn.MaxPool2d`` by a reshape + ``amax``
-(which splits ties like JAX) and the maps then agree to float precision; the default keeps
-``nn.MaxPool2d`` because that is what a PyTorch user would time.
+meaningful. Every other method agrees to float precision: our 2x2 max-pool sends the
+gradient at tied maxima (MNIST's flat background) to the first maximum, as ``nn.MaxPool2d``
+does. ``--tie-splitting-pool`` gives the torch model a reshape + ``amax`` pool instead, which
+splits tied gradients evenly, to show how far that convention moves the input-gradient maps.
 
 Weights: ``--checkpoint`` (a training workdir or step folder), else the shipped
 ``pretrained/`` checkpoint, else (said in the output) a freshly initialised network, which
@@ -142,7 +137,7 @@ def parse_args(argv=None):
     p.add_argument("--occlusion-per-eval", type=int, default=10,
                    help="Captum Occlusion perturbations_per_eval (default 10: ~1000 images per forward at batch 100)")
     p.add_argument("--tie-splitting-pool", action="store_true",
-                   help="torch model pools with reshape+amax (splits gradient ties like JAX) instead of nn.MaxPool2d")
+                   help="torch model pools with reshape+amax (splits gradient ties evenly) instead of nn.MaxPool2d")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--skip-captum", action="store_true", help="time only our methods")
     p.add_argument("--torch-device", default=None,
@@ -209,7 +204,7 @@ def build_torch_model(params, batch_stats, widths=(32, 64, 128), dense=256, clas
     """The MNIST CNN in torch.nn, eval mode, with the Flax weights copied in.
 
     ``tie_splitting_pool``: 2x2 max pooling as reshape + amax, whose gradient is split evenly
-    between tied maxima as JAX's is, instead of ``nn.MaxPool2d`` (all to one element).
+    between tied maxima, instead of ``nn.MaxPool2d`` (all to the first maximum, as ours).
     """
     import torch
     from torch import nn

@@ -5,7 +5,7 @@ benchmarks/make_reference_maps.py (torch 2.14.1, captum 0.9.0, grad-cam 1.5.7; i
 lists each library's conventions, read from their source). No torch is needed here. Two nets:
 
 * ``cnn``: ``MNISTCNN`` with the fixture's weights (the shipped checkpoint's, rounded to
-  bfloat16 precision), images in [0, 1], the seed API (``X.GradCAM(model)``, ...).
+  bfloat16 precision), images in [0, 1], the default one-line calls (``X.GradCAM(model)``, ...).
 * ``refnet``: ``tests/reference_models.RefNet`` (no ``features``/``head`` methods, BatchNorm
   inside submodules, STANDARDISED input in [LO, HI]), explained through ``layer="block3/conv2"``
   for the CAMs, baselines LO and ``input_range=(LO, HI)``.
