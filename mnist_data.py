@@ -1,15 +1,22 @@
-"""MNIST loading: a local folder of IDX files, or tensorflow-datasets.
+"""MNIST loading: a local folder of IDX files, or a tensorflow-datasets copy.
 
 Every loader returns uint8 arrays: images (N, 28, 28, 1) and labels (N,). Scale to
 [0, 1] on the device (``images / 255``); the model standardises its input itself.
 
-Sources, in order of preference (see ``load_mnist``):
+Where the data comes from (``DATA_RULE``, the same in every script):
 1. a folder holding the four standard IDX files, gzipped or not, named either
    ``train-images-idx3-ubyte(.gz)`` or ``train-images.idx3-ubyte`` (and likewise for
    ``train-labels``/``t10k-images``/``t10k-labels``), given by ``data_dir`` or the
    ``MNIST_DATA_DIR`` environment variable;
-2. tensorflow-datasets ``mnist`` (downloads on first use). tfds and TensorFlow are
-   imported only here, only when this source is used.
+2. else a copy that tensorflow-datasets has already prepared (``mnist/<version>/`` under
+   ``$TFDS_DATA_DIR``, default ``~/tensorflow_datasets``);
+3. else nothing: training stops at once with one line saying where to get the four files
+   (the demos and evaluate_xai.py fall back to the 200 digits shipped in sample_data/).
+   tensorflow-datasets downloads MNIST only when asked (``tfds=True``, the scripts'
+   ``--tfds``), after a quick check that its server can be reached.
+
+tensorflow-datasets and TensorFlow are optional (``pip install -r requirements-tfds.txt``)
+and imported only here, only when a tfds copy is read or downloaded.
 
 MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; licence CC BY-SA 3.0.
 """
@@ -18,6 +25,9 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import shutil
+import socket
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +43,21 @@ SPLIT_FILES = {
     "train": ("train-images", "train-labels"),
     "test": ("t10k-images", "t10k-labels"),
 }
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_URLS = ("http://yann.lecun.com/exdb/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
+TFDS_INSTALL = "pip install -r requirements-tfds.txt"
+DATA_FALLBACK = "$MNIST_DATA_DIR, else a copy tensorflow-datasets has prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets)"
+DATA_RULE = f"--data-dir if given, else {DATA_FALLBACK}"
 GET_DATA_HINT = (
-    "get MNIST as the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into a folder and pass --data-dir "
-    "or set MNIST_DATA_DIR, or run once with network access so tensorflow-datasets can download it"
+    f"pass --data-dir or set MNIST_DATA_DIR to a folder holding the four IDX files "
+    f"({', '.join(IDX_FILES)}) from {MNIST_URLS[0]} or a mirror such as {MNIST_URLS[1]}"
 )
+NO_DATA_HINT = f"{GET_DATA_HINT}; or pass --tfds to download them with tensorflow-datasets ({TFDS_INSTALL})"
+# tensorflow-datasets' mnist downloads from here; a connection is tried first (PROBE_SECONDS),
+# so that offline its download fails at once instead of after minutes of retries.
+TFDS_HOST = ("storage.googleapis.com", 443)
+PROBE_SECONDS = 3.0
 
 
 class MNISTDataError(ValueError):
@@ -126,24 +146,160 @@ def load_idx_split(folder: str | os.PathLike, split: str) -> Split:
     return Split(images[..., None], labels.astype(np.int32))
 
 
-def load_tfds_split(split: str, data_dir: str | None = None, download: bool = True,
-                    batch_size: int = 10_000) -> Split:
-    """Read one split of tensorflow-datasets' ``mnist`` into numpy (tfds imported here only)."""
+def tfds_data_dir() -> Path:
+    """Where tensorflow-datasets keeps its prepared datasets: ``$TFDS_DATA_DIR`` or
+    ``~/tensorflow_datasets`` (its own rule, read here at call time)."""
+    return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+
+
+def _is_version(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) == 3 and all(p.isdigit() for p in parts)
+
+
+def prepared_tfds_copy(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder of a tensorflow-datasets mnist copy that finished preparing
+    (``mnist/<version>/dataset_info.json``; ``incomplete.*`` folders do not count), newest
+    version first; None if there is none. Looks at the files only: imports nothing."""
+    root = Path(data_dir) if data_dir else tfds_data_dir()
     try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise MNISTDataError(
-            f"tensorflow-datasets is not installed ({e}); {GET_DATA_HINT}") from None
+        versions = [p for p in (root / "mnist").iterdir()
+                    if _is_version(p.name) and (p / "dataset_info.json").is_file()]
+    except OSError:
+        return None
+    return max(versions, key=lambda p: tuple(int(v) for v in p.name.split(".")), default=None)
+
+
+def _not_installed(name: str, error) -> MNISTDataError:
+    return MNISTDataError(f"{name} is not installed ({error}); the tensorflow-datasets source needs "
+                          f"tensorflow-datasets and TensorFlow: {TFDS_INSTALL}; or {GET_DATA_HINT}")
+
+
+TFDS_MODULES = (("tensorflow", "TensorFlow"), ("tensorflow_datasets", "tensorflow-datasets"))
+
+
+def check_tfds_installed() -> None:
+    """MNISTDataError naming what to install unless TensorFlow and tensorflow-datasets are
+    there (looked up, not imported: TensorFlow takes seconds to import)."""
+    import importlib.util
+
+    for module, name in TFDS_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError) as e:
+            raise _not_installed(name, e) from None
+        if not found:
+            raise _not_installed(name, f"no module named {module!r}")
+
+
+def _import_tfds():
+    """tensorflow_datasets, or MNISTDataError naming what to install (TensorFlow is checked
+    first: tfds needs it to build and read mnist, and imports it lazily)."""
+    import importlib
+
+    # No TensorFlow start-up logs on stderr (oneDNN's notice ignores TF_CPP_MIN_LOG_LEVEL; its
+    # custom CPU kernels are irrelevant to reading records), so an error stays one line.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    for module, name in TFDS_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise _not_installed(name, e) from None
+    import tensorflow_datasets as tfds
+    return tfds
+
+
+def network_problem(host: tuple[str, int] = TFDS_HOST, timeout: float = PROBE_SECONDS) -> str | None:
+    """None if a TCP connection to ``host`` opens within ``timeout`` seconds, else why not.
+    (The name lookup has no timeout of its own, hence the thread.)"""
+    outcome: list[str | None] = []
+
+    def probe():
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            outcome.append(None)
+        except Exception as e:  # OSError mostly: no route, no name, refused
+            outcome.append(getattr(e, "strerror", None) or first_line(e))
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer in {timeout:g} s"
+
+
+def check_tfds_server(root: Path) -> None:
+    """MNISTDataError, within ``PROBE_SECONDS``, if tfds' download server cannot be reached."""
+    problem = network_problem()
+    if problem is not None:
+        raise MNISTDataError(f"--tfds: no prepared tensorflow-datasets copy of mnist in {root}, and "
+                             f"{TFDS_HOST[0]} cannot be reached to download it ({problem}); {GET_DATA_HINT}")
+
+
+def _download(builder, root: Path) -> None:
+    """tensorflow-datasets' download and preparation of mnist into ``root``; offline it
+    fails within seconds, and a failure leaves nothing of the attempt behind."""
+    check_tfds_server(root)
+    created = [p for p in (root / "mnist", root / "downloads" / "mnist", root / "downloads" / "extracted",
+                           root / "downloads", root) if not p.exists()]
+    try:
+        builder.download_and_prepare()
+    except BaseException as e:  # Ctrl-C included: no half-prepared copy stays behind
+        remove_partial_tfds(root, created)
+        if not isinstance(e, Exception):
+            raise
+        raise MNISTDataError(f"tensorflow-datasets could not download mnist ({first_line(e)}); "
+                             f"{GET_DATA_HINT}") from None
+
+
+def remove_partial_tfds(root: Path, created=()) -> None:
+    """Remove what a failed tensorflow-datasets download of mnist leaves under ``root``: the
+    ``mnist/incomplete.*`` folders, partial downloads (``*.tmp.*``), and the folders in
+    ``created`` (made by that attempt, so nothing else is in them)."""
+    for folder in created:
+        shutil.rmtree(folder, ignore_errors=True)
+    for partial in (root / "mnist").glob("incomplete.*"):
+        shutil.rmtree(partial, ignore_errors=True)
+    if (root / "downloads").is_dir():
+        for partial in (root / "downloads").rglob("*.tmp.*"):
+            if partial.is_dir():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
+
+
+def load_tfds_split(split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
+                    batch_size: int = 10_000) -> Split:
+    """Read one split of tensorflow-datasets' ``mnist`` into numpy (tfds imported here only).
+
+    ``data_dir``: tfds' data folder (default ``tfds_data_dir()``). Without a prepared copy
+    there, ``download=True`` downloads it (see ``_download``), else MNISTDataError.
+    """
+    root = Path(data_dir) if data_dir else tfds_data_dir()
+    check_tfds_installed()
+    if download and prepared_tfds_copy(root) is None:
+        check_tfds_server(root)  # offline: one line now, before seconds of importing TensorFlow
+    tfds = _import_tfds()
+    try:
+        builder = tfds.builder("mnist", data_dir=str(root))
+        prepared = Path(builder.data_path).is_dir() and builder.is_prepared()  # no absl warning if absent
+    except Exception as e:  # tfds raises many kinds
+        raise MNISTDataError(f"tensorflow-datasets could not open mnist in {root} ({first_line(e)}); "
+                             f"{GET_DATA_HINT}") from None
+    if not prepared:
+        if not download:
+            raise MNISTDataError(f"no prepared tensorflow-datasets copy of mnist in {root}; {NO_DATA_HINT}")
+        _download(builder, root)
     try:
         # A fixed batch size, not batch_size=-1: the latter aborts under tfds.testing.mock_data.
-        ds = tfds.load("mnist", split=split, data_dir=data_dir, download=download,
-                       as_supervised=True, batch_size=batch_size)
+        ds = builder.as_dataset(split=split, as_supervised=True, batch_size=batch_size)
         images, labels = [], []
         for x, y in tfds.as_numpy(ds):
             images.append(np.asarray(x, np.uint8))
             labels.append(np.asarray(y, np.int32))
-    except Exception as e:  # tfds raises many kinds (network, missing builder files, ...)
-        raise MNISTDataError(f"tensorflow-datasets could not load mnist ({first_line(e)}); {GET_DATA_HINT}") from None
+    except Exception as e:  # a damaged copy, a missing split, ...
+        raise MNISTDataError(f"tensorflow-datasets could not read mnist from {root} ({first_line(e)}); "
+                             f"{GET_DATA_HINT}") from None
     images = np.concatenate(images) if images else np.zeros((0, ROWS, COLS, 1), np.uint8)
     labels = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
     return Split(images.reshape(-1, ROWS, COLS, 1), labels)
@@ -164,36 +320,84 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
     return data_dir if data_dir else (os.environ.get("MNIST_DATA_DIR") or None)
 
 
+def find_source(data_dir: str | None = None, tfds: bool = False) -> str | None:
+    """Which source ``DATA_RULE`` picks: ``"idx:<folder>"``, ``"tfds"`` or None (none found).
+
+    ``tfds=True`` (the scripts' ``--tfds``) asks for tensorflow-datasets, downloading if need
+    be; it cannot be combined with an explicit ``data_dir`` (MNIST_DATA_DIR gives way to it).
+    """
+    if tfds:
+        if data_dir:
+            raise MNISTDataError("--tfds and --data-dir are alternatives; give one")
+        return "tfds"
+    folder = resolve_data_dir(data_dir)
+    if folder is not None:
+        return f"idx:{folder}"
+    return "tfds" if prepared_tfds_copy() is not None else None
+
+
+def _idx_folder(source: str) -> str:
+    folder = source[len("idx:"):]
+    if not Path(folder).is_dir():
+        raise MNISTDataError(f"{folder}: data folder does not exist; {GET_DATA_HINT}")
+    return folder
+
+
 def load_mnist(data_dir: str | None = None, num_validation: int = 5_000, split_seed: int = 0,
-               tfds_download: bool = True) -> MNIST:
-    """Load train/validation/test. ``data_dir`` (or ``MNIST_DATA_DIR``) wins over tfds.
+               tfds: bool = False) -> MNIST:
+    """Load train/validation/test from the source ``find_source`` picks (see ``DATA_RULE``);
+    with none, MNISTDataError saying where to get the files, before anything is imported.
 
     The validation split is held out of the 60,000 training images with a fixed
     permutation (``split_seed``); the 10,000 test images are never trained on.
     """
-    folder = resolve_data_dir(data_dir)
-    if folder is not None:
-        if not Path(folder).is_dir():
-            raise MNISTDataError(f"{folder}: data folder does not exist; {GET_DATA_HINT}")
-        train, test, source = load_idx_split(folder, "train"), load_idx_split(folder, "test"), f"idx:{folder}"
-    else:
-        train = load_tfds_split("train", download=tfds_download)
-        test = load_tfds_split("test", download=tfds_download)
+    source = find_source(data_dir, tfds)
+    if source is None:
+        raise MNISTDataError(f"no MNIST data: {NO_DATA_HINT}")
+    if source == "tfds":
+        train = load_tfds_split("train", download=tfds)
+        test = load_tfds_split("test", download=tfds)  # prepared by now: nothing more is fetched
         source = "tfds:mnist"
+    else:
+        folder = _idx_folder(source)
+        train, test = load_idx_split(folder, "train"), load_idx_split(folder, "test")
     train, val = split_validation(train, num_validation, split_seed)
     return MNIST(train, val, test, source)
 
 
-def load_test_split(data_dir: str | None = None, tfds_download: bool = True) -> Split:
-    folder = resolve_data_dir(data_dir)
-    if folder is not None:
-        if not Path(folder).is_dir():
-            raise MNISTDataError(f"{folder}: data folder does not exist; {GET_DATA_HINT}")
-        split = load_idx_split(folder, "test")
-        if len(split) == 0:  # a valid IDX file can hold none; nothing can be evaluated on it
-            raise MNISTDataError(f"{folder}: expected test images, the test files hold none")
-        return split
-    return load_tfds_split("test", download=tfds_download)
+def load_test_split(data_dir: str | None = None, tfds: bool = False) -> Split:
+    """The test split from the source ``find_source`` picks; MNISTDataError if there is none."""
+    source = find_source(data_dir, tfds)
+    if source is None:
+        raise MNISTDataError(f"no MNIST test set: {NO_DATA_HINT}")
+    if source == "tfds":
+        split = load_tfds_split("test", download=tfds)
+        where = "the tensorflow-datasets copy"
+    else:
+        where = _idx_folder(source)
+        split = load_idx_split(where, "test")
+    if len(split) == 0:  # a valid IDX file can hold none; nothing can be evaluated on it
+        raise MNISTDataError(f"{where}: expected test images, the test files hold none")
+    return split
+
+
+SAMPLE_NAME = "the 200 shipped MNIST test digits (sample_data/)"
+
+
+def load_test_or_sample(data_dir: str | None = None, tfds: bool = False) -> tuple[Split, str, str | None]:
+    """The demos' and evaluate_xai's data: the test split by ``DATA_RULE``, else the shipped
+    sample. Returns ``(split, description, note)``; the note (None with real test data) says
+    that the sample stands in and how to use the full test set."""
+    source = find_source(data_dir, tfds)
+    if source is None:
+        note = ("note: no MNIST test set found (--data-dir, $MNIST_DATA_DIR or a prepared tensorflow-datasets "
+                f"copy), so {SAMPLE_NAME} are used; for all 10,000 pass --data-dir DIR (a folder with the four "
+                f"IDX files from {MNIST_URLS[0]} or a mirror) or --tfds")
+        return load_sample_digits(), SAMPLE_NAME, note
+    split = load_test_split(data_dir, tfds)
+    name = ("tensorflow-datasets mnist test split" if source == "tfds"
+            else f"MNIST test set ({source[len('idx:'):]})")
+    return split, name, None
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -1,9 +1,9 @@
 """Tests for mnist_data: IDX parsing, error messages, validation split, data sources.
 
 Fast and offline: IDX files are synthetic (written with ``mnist_data.write_idx`` into
-tmp_path); tensorflow-datasets runs only under ``tfds.testing.mock_data`` or with
-``tfds.load`` patched, with Python sockets blocked. The real-data test runs only when
-``MNIST_DATA_DIR`` points at the real files.
+tmp_path); tensorflow-datasets runs under ``tfds.testing.mock_data``, with its download
+patched, or on a tiny copy prepared from synthetic files, with Python sockets blocked. The
+real-data test runs only when ``MNIST_DATA_DIR`` points at the real files.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -397,11 +399,52 @@ def test_explicit_data_dir_wins_over_env(dataset, tmp_path, monkeypatch, no_tfds
     assert mnist_data.load_mnist(str(folder), num_validation=2).source == f"idx:{folder}"
 
 
-def test_no_dir_and_no_env_means_tfds(monkeypatch):
+def test_no_dir_and_no_env_and_no_tfds_copy_means_no_source(tmp_path, monkeypatch):
     monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     assert mnist_data.resolve_data_dir(None) is None
     monkeypatch.setenv("MNIST_DATA_DIR", "")
     assert mnist_data.resolve_data_dir(None) is None
+    assert mnist_data.find_source(None) is None
+    assert mnist_data.find_source(None, tfds=True) == "tfds"
+    monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path))
+    assert mnist_data.find_source(None) == f"idx:{tmp_path}"
+    assert mnist_data.find_source(None, tfds=True) == "tfds"  # the explicit flag wins over the variable
+    with pytest.raises(MNISTDataError, match="--tfds and --data-dir are alternatives"):
+        mnist_data.find_source(str(tmp_path), tfds=True)
+
+
+def test_prepared_tfds_copy_counts_only_finished_versions(tmp_path):
+    """Looked up from the files alone: mnist/<x.y.z>/dataset_info.json, newest version."""
+    root = tmp_path / "tfds"
+    assert mnist_data.prepared_tfds_copy(root) is None
+    (root / "mnist" / "incomplete.AB12_3.0.1").mkdir(parents=True)
+    (root / "mnist" / "incomplete.AB12_3.0.1" / "dataset_info.json").write_text("{}")
+    (root / "mnist" / "3.0.1").mkdir()  # no dataset_info.json: not finished
+    assert mnist_data.prepared_tfds_copy(root) is None
+    for version in ("1.0.0", "3.0.1", "10.0.0-beta"):
+        (root / "mnist" / version).mkdir(exist_ok=True)
+        (root / "mnist" / version / "dataset_info.json").write_text("{}")
+    assert mnist_data.prepared_tfds_copy(root) == root / "mnist" / "3.0.1"
+
+
+def test_no_data_anywhere_is_one_line_naming_the_files(tmp_path, monkeypatch, no_network):
+    """Training without data: one line naming --data-dir/MNIST_DATA_DIR, the four files and
+    where they are; nothing written, no connection tried. The demos take the shipped sample."""
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    for load in (mnist_data.load_mnist, mnist_data.load_test_split):
+        with pytest.raises(MNISTDataError) as info:
+            load()
+        message = str(info.value)
+        assert "\n" not in message
+        for needed in (*mnist_data.IDX_FILES, "--data-dir", "MNIST_DATA_DIR", "yann.lecun.com/exdb/mnist",
+                       "a mirror", "--tfds", "pip install -r requirements-tfds.txt"):
+            assert needed in message, needed
+    split, name, note = mnist_data.load_test_or_sample()
+    assert len(split) == 200 and name == mnist_data.SAMPLE_NAME
+    assert note.startswith("note: no MNIST test set found") and "--data-dir DIR" in note and "\n" not in note
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- import isolation
@@ -446,13 +489,22 @@ def check_tfds_split(split: mnist_data.Split, n: int) -> None:
     assert split.labels.min() >= 0 and split.labels.max() <= 9
 
 
-def test_tfds_mock_data(tfds, no_network, monkeypatch):
+@pytest.fixture
+def tfds_dir(tmp_path, monkeypatch):
+    """An empty tensorflow-datasets data folder (TFDS_DATA_DIR, not yet created); no MNIST_DATA_DIR."""
+    root = tmp_path / "tfds"
+    monkeypatch.setenv("TFDS_DATA_DIR", str(root))
     monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    return root
+
+
+def test_tfds_mock_data(tfds, no_network, tfds_dir, monkeypatch):
+    monkeypatch.setattr(mnist_data, "network_problem", lambda *a, **k: None)  # mock data: nothing is fetched
     n = 7
     with tfds.testing.mock_data(num_examples=n):
         # batch size 3 does not divide 7: the last, partial batch must be kept
-        split = mnist_data.load_tfds_split("train", batch_size=3)
-        data = mnist_data.load_mnist(data_dir=None, num_validation=2)
+        split = mnist_data.load_tfds_split("train", download=True, batch_size=3)
+        data = mnist_data.load_mnist(data_dir=None, num_validation=2, tfds=True)
     check_tfds_split(split, n)
     assert split.images.max() > 0  # not an all-zero placeholder
     assert data.source == "tfds:mnist"
@@ -467,31 +519,198 @@ def test_tfds_mock_data(tfds, no_network, monkeypatch):
     assert sorted(rows(data.train) + rows(data.validation)) == rows(split)
 
 
-def test_tfds_failure_is_reported_with_hint(tfds, no_network, monkeypatch):
-    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
-    calls = []
+def test_tfds_download_offline_fails_at_once_and_writes_nothing(tfds, tfds_dir, monkeypatch):
+    """--tfds without a prepared copy: one connection attempt to tfds' server, then one line."""
+    attempts = []
 
-    def broken_load(*args, **kwargs):
-        calls.append(kwargs)
-        raise RuntimeError("Failed to download mnist: no network\nsecond line of details")
+    def unreachable(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError(101, "Network is unreachable")
 
-    monkeypatch.setattr(tfds, "load", broken_load)
-    pattern = r"tensorflow-datasets could not load mnist \(Failed to download mnist: no network\).*MNIST_DATA_DIR"
-    with pytest.raises(MNISTDataError, match=pattern) as info:
-        mnist_data.load_tfds_split("train")
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    t0 = time.perf_counter()
+    pattern = (r"--tfds: no prepared tensorflow-datasets copy of mnist in .*tfds, and storage.googleapis.com "
+               r"cannot be reached to download it \(Network is unreachable\); pass --data-dir")
+    with pytest.raises(MNISTDataError, match=pattern):
+        mnist_data.load_mnist(tfds=True)
+    with pytest.raises(MNISTDataError, match=pattern):
+        mnist_data.load_test_split(tfds=True)
+    assert time.perf_counter() - t0 < 20
+    assert attempts == [mnist_data.TFDS_HOST] * 2
+    assert not tfds_dir.exists()  # no tensorflow_datasets/mnist/incomplete.* or downloads/ left
+
+
+def test_network_probe_gives_up_after_its_timeout(monkeypatch):
+    import threading
+    release = threading.Event()
+
+    def hangs(*args, **kwargs):  # a name lookup that does not answer
+        release.wait(30)
+        raise OSError("released")
+
+    monkeypatch.setattr(socket, "create_connection", hangs)
+    t0 = time.perf_counter()
+    try:
+        assert mnist_data.network_problem(timeout=0.3) == "no answer in 0.3 s"
+        assert time.perf_counter() - t0 < 2
+    finally:
+        release.set()
+
+
+def test_a_failed_tfds_download_leaves_nothing_of_itself(tfds, tfds_dir, monkeypatch):
+    """Whatever tfds wrote before failing (mnist/incomplete.*, downloads/*.tmp.*) is removed;
+    what was in the folder before stays."""
+    monkeypatch.setattr(mnist_data, "network_problem", lambda *a, **k: None)
+
+    def fails_midway(self, *args, **kwargs):
+        (tfds_dir / "mnist" / "incomplete.XY_3.0.1").mkdir(parents=True, exist_ok=True)
+        (tfds_dir / "mnist" / "incomplete.XY_3.0.1" / "mnist-train.tfrecord").write_bytes(b"partial")
+        (tfds_dir / "downloads" / "mnist").mkdir(parents=True, exist_ok=True)
+        (tfds_dir / "downloads" / "mnist" / "train-images.gz.tmp.0a1b").write_bytes(b"partial")
+        raise ConnectionError("Failed to download https://storage.googleapis.com/...\nretries exhausted")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fails_midway)
+    with pytest.raises(MNISTDataError, match=r"could not download mnist \(Failed to download https://\S+\); pass"):
+        mnist_data.load_tfds_split("train", download=True)
+    assert not tfds_dir.exists()
+    # A data folder in use: its other datasets and finished downloads are kept.
+    (tfds_dir / "other_dataset" / "1.0.0").mkdir(parents=True)
+    (tfds_dir / "downloads").mkdir()
+    (tfds_dir / "downloads" / "finished.gz").write_bytes(b"kept")
+    with pytest.raises(MNISTDataError, match="could not download mnist"):
+        mnist_data.load_tfds_split("train", download=True)
+    left = sorted(str(p.relative_to(tfds_dir)) for p in tfds_dir.rglob("*"))
+    assert left == ["downloads", "downloads/finished.gz", "other_dataset", "other_dataset/1.0.0"]
+
+
+def test_tfds_read_failure_is_one_line_with_hint(tfds, no_network, tfds_dir, monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("cannot read the records\nsecond line of details")
+
+    monkeypatch.setattr(mnist_data, "network_problem", lambda *a, **k: None)
+    with tfds.testing.mock_data(num_examples=3):
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", broken)
+        with pytest.raises(MNISTDataError, match=r"could not read mnist from .*\(cannot read the records\).*"
+                                                 r"MNIST_DATA_DIR") as info:
+            mnist_data.load_tfds_split("test", download=True)
     assert "second line" not in str(info.value)
-    with pytest.raises(MNISTDataError, match=pattern):
-        mnist_data.load_mnist(data_dir=None, tfds_download=False)
-    with pytest.raises(MNISTDataError, match=pattern):
-        mnist_data.load_test_split(data_dir=None)
-    assert calls[0]["split"] == "train" and calls[0]["batch_size"] != -1
-    assert calls[1]["download"] is False
+    with pytest.raises(MNISTDataError, match="no prepared tensorflow-datasets copy of mnist"):
+        mnist_data.load_tfds_split("test")  # download=False
 
 
 def test_tfds_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(MNISTDataError, match=r"tensorflow-datasets is not installed.*MNIST_DATA_DIR"):
+    with pytest.raises(MNISTDataError, match=r"tensorflow-datasets is not installed.*"
+                                             r"pip install -r requirements-tfds.txt.*MNIST_DATA_DIR"):
         mnist_data.load_tfds_split("test")
+
+
+@pytest.fixture(scope="module")
+def prepared_tfds(tmp_path_factory):
+    """A real tensorflow-datasets mnist copy (TFRecords, dataset_info.json), prepared offline
+    by tfds' own builder from 12 + 5 synthetic digits: its download is pointed at local files."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+    base = tmp_path_factory.mktemp("tfds_prepared")
+    arrays = write_dataset(base / "raw", n_train=12, n_test=5, gz=False)
+    files = {"train_data": "train-images", "train_labels": "train-labels",
+             "test_data": "t10k-images", "test_labels": "t10k-labels"}
+    local = {key: str(base / "raw" / idx_name(stem, gz=False)) for key, stem in files.items()}
+    with mock.patch.object(tfds_mnist, "_TRAIN_EXAMPLES", 12), mock.patch.object(tfds_mnist, "_TEST_EXAMPLES", 5), \
+            mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
+                              lambda self, urls: {k: local[k] for k in urls}):
+        tfds.builder("mnist", data_dir=str(base / "tfds")).download_and_prepare()
+    return base / "tfds", arrays
+
+
+def test_a_prepared_tfds_copy_is_used_when_no_folder_is_given(prepared_tfds, monkeypatch, no_network, tmp_path):
+    root, arrays = prepared_tfds
+    monkeypatch.setenv("TFDS_DATA_DIR", str(root))
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    assert mnist_data.prepared_tfds_copy() == root / "mnist" / "3.0.1"
+    assert mnist_data.find_source(None) == "tfds"
+    data = mnist_data.load_mnist(num_validation=2)
+    assert data.source == "tfds:mnist"
+    assert (len(data.train), len(data.validation), len(data.test)) == (10, 2, 5)
+
+    def rows(images, labels):
+        return sorted(images[i].reshape(-1).tobytes() + bytes([labels[i]]) for i in range(len(labels)))
+    assert rows(data.test.images, data.test.labels) == rows(arrays["t10k-images"], arrays["t10k-labels"])
+    train = mnist_data.Split(np.concatenate([data.train.images, data.validation.images]),
+                             np.concatenate([data.train.labels, data.validation.labels]))
+    assert rows(train.images, train.labels) == rows(arrays["train-images"], arrays["train-labels"])
+    split, name, note = mnist_data.load_test_or_sample()
+    assert (len(split), name, note) == (5, "tensorflow-datasets mnist test split", None)
+    folder = tmp_path / "idx"
+    write_dataset(folder, n_test=3)
+    monkeypatch.setenv("MNIST_DATA_DIR", str(folder))  # a folder, when given, comes first
+    assert len(mnist_data.load_test_split()) == 3
+
+
+# --------------------------------------------------------------------------- the scripts without data or tfds
+
+BLOCK_IMPORTS = """
+import os, runpy, sys
+blocked = set(sys.argv[1].split(","))
+
+class Uninstalled:  # as if these packages were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Uninstalled())
+sys.argv = sys.argv[2:]
+sys.path[0] = os.path.dirname(sys.argv[0])
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_script(script: str, *args, cwd: Path, env: dict, blocked: str = "") -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("MNIST_DATA_DIR", "TFDS_DATA_DIR")}
+    return subprocess.run([sys.executable, "-c", BLOCK_IMPORTS, blocked or "-", str(REPO_ROOT / script), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300, env={**base, **env})
+
+
+def test_training_offline_without_data_fails_in_seconds_and_leaves_nothing(tmp_path):
+    """The newcomer's first command, without data: one line, exit 2, within seconds (the time
+    to import JAX), and no tensorflow_datasets/ (incomplete.* or downloads) left in HOME."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    t0 = time.perf_counter()
+    proc = run_script("train_mnist.py", "--max-train-examples", "2000", "--epochs", "1", cwd=work,
+                      env={"HOME": str(home)})
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no MNIST data: pass --data-dir or set MNIST_DATA_DIR")
+    for needed in (*mnist_data.IDX_FILES, "yann.lecun.com/exdb/mnist", "pip install -r requirements-tfds.txt"):
+        assert needed in lines[0]
+    assert seconds < 30, seconds  # tfds' download with retries took 3.5 minutes here
+    assert list(work.iterdir()) == [] and not (home / "tensorflow_datasets").exists()
+
+
+@pytest.mark.parametrize("script, args, blocked, missing, copy", [
+    ("train_mnist.py", ["--tfds", "--epochs", "1"], "tensorflow,tensorflow_datasets", "TensorFlow", False),
+    ("train_mnist.py", ["--tfds", "--epochs", "1"], "tensorflow_datasets", "tensorflow-datasets", False),
+    ("demo_mnist_xai.py", ["--tfds"], "tensorflow,tensorflow_datasets", "TensorFlow", False),
+    ("train_mnist.py", ["--epochs", "1"], "tensorflow,tensorflow_datasets", "TensorFlow", True),
+])
+def test_tfds_source_without_tfds_installed_says_what_to_install(tmp_path, script, args, blocked, missing, copy):
+    """--tfds, or a prepared copy found by its files, without the packages to read it: one line
+    naming the requirements file, before any connection or download is tried."""
+    tfds_root = tmp_path / "tfds"
+    if copy:
+        (tfds_root / "mnist" / "3.0.1").mkdir(parents=True)
+        (tfds_root / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    proc = run_script(script, *args, "--out" if script.startswith("demo") else "--workdir", str(tmp_path / "out"),
+                      cwd=tmp_path, env={"TFDS_DATA_DIR": str(tfds_root)}, blocked=blocked)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert f"error: {missing} is not installed" in lines[0]
+    assert "pip install -r requirements-tfds.txt" in lines[0]
 
 
 # --------------------------------------------------------------------------- real MNIST
