@@ -9,55 +9,115 @@ Layout written by ``train_mnist.py`` (an orbax ``CheckpointManager`` directory):
       training_curves.png
 
 ``load_checkpoint`` accepts the workdir, its ``ckpt`` folder, or one ``<step>`` folder.
-For a workdir it returns the checkpoint with the best validation accuracy (the latest one
-if none recorded a metric).
+For a workdir it returns the checkpoint with the best validation accuracy (of equals, the
+latest; the latest if none recorded a metric).
+
+A run killed at any moment leaves a loadable workdir: orbax writes a step into a temporary
+folder and renames it (removed when the workdir is next opened), and a superseded step is
+first renamed into ``ckpt/.superseded/`` (one rename), then deleted there, so a half-deleted
+step is never taken for a checkpoint (``benchmarks/stress_kill.py`` kills runs to check).
+
+The scripts' default checkpoint (``CHECKPOINT_RULE``, ``default_checkpoint()``): a training
+run in ``checkpoints/`` when it holds a step, else the shipped ``pretrained/``.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-from cli import first_line
+from cli import atomic_folder, first_line, is_temporary_of, swap_in  # noqa: F401  (swap_in: once defined here)
 from mnist_cnn_model import MNISTCNN, shape_mismatch
 
 CKPT_SUBDIR = "ckpt"
+SUPERSEDED_SUBDIR = ".superseded"  # under ckpt/: steps orbax has let go, renamed here, then deleted
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_WORKDIR = "checkpoints"  # train_mnist.py's --workdir default
 GET_CHECKPOINT_HINT = "train one with `python train_mnist.py` or use the shipped one in pretrained/"
+CHECKPOINT_FALLBACK = "checkpoints/ when a training run there has saved a step, else the shipped pretrained/"
+CHECKPOINT_RULE = f"--checkpoint if given, else {CHECKPOINT_FALLBACK}"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
+def default_checkpoint() -> str:
+    """``CHECKPOINT_RULE`` without a --checkpoint: ``checkpoints`` (relative to the current
+    folder, where train_mnist.py writes) when it holds a finished step, else ``pretrained/``."""
+    root = Path(DEFAULT_WORKDIR) / CKPT_SUBDIR
+    return DEFAULT_WORKDIR if root.is_dir() and step_dirs(root) else str(PRETRAINED_DIR)
+
+
 def make_manager(workdir: str | os.PathLike, read_only: bool = False) -> ocp.CheckpointManager:
-    """A manager that keeps the latest checkpoint and the one with the best validation accuracy."""
+    """A manager that keeps the latest checkpoint and the one with the best validation accuracy.
+
+    Opening it for writing removes what a killed run left: orbax's temporary folders of an
+    unfinished step, and superseded steps not yet deleted.
+    """
+    root = Path(workdir).absolute() / CKPT_SUBDIR
+    if not read_only:
+        remove_superseded(root)
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=AnyPreservationPolicy([
-            LatestN(1),
-            BestN(get_metric_fn=lambda m: m["val_accuracy"], reverse=False, n=1,
-                  keep_checkpoints_without_metrics=False),
-        ]),
+        preservation_policy=LatestAndBest(root),
         enable_async_checkpointing=False,
         read_only=read_only,
         create=not read_only,
+        cleanup_tmp_directories=not read_only,
+        # A superseded step is renamed out of the way first (atomic), not deleted file by
+        # file in place, where a kill would leave a step folder with half its files.
+        todelete_subdir=None if read_only else SUPERSEDED_SUBDIR,
     )
-    return ocp.CheckpointManager(Path(workdir).absolute() / CKPT_SUBDIR, options=options)
+    return ocp.CheckpointManager(root, options=options)
+
+
+class LatestAndBest:
+    """orbax preservation policy: keep the latest step and the one with the best validation
+    accuracy (of equals, the latest), the accuracy read from each step's own meta.
+
+    orbax's BestN ranks by the metrics given to ``save``, which it keeps in memory only (with
+    a preservation policy it writes none to disk): after a resume it knew none, and deleted
+    the best epoch at the next save.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def should_preserve(self, checkpoints, *, context=None):
+        def accuracy(info):
+            if info.metrics and info.metrics.get("val_accuracy") is not None:
+                return info.metrics["val_accuracy"]
+            return _read_meta(self.root / str(info.step)).get("val_accuracy")
+
+        scored = [(acc, info.step) for info in checkpoints if (acc := accuracy(info)) is not None]
+        keep = {max(info.step for info in checkpoints)} if checkpoints else set()
+        if scored:
+            keep.add(max(scored)[1])
+        return [info.step in keep for info in checkpoints]
+
+
+def remove_superseded(root: Path) -> None:
+    """Delete the steps orbax moved into ``<root>/.superseded/`` (after each save)."""
+    shutil.rmtree(Path(root) / SUPERSEDED_SUBDIR, ignore_errors=True)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, meta: dict,
          val_accuracy: float | None) -> None:
-    """Write one checkpoint (atomically: orbax renames a finished temporary folder)."""
+    """Write one checkpoint (atomically: orbax renames a finished temporary folder). One of the
+    same step is replaced: Ctrl-C after an epoch's last step saves it before its validation."""
     metrics = None if val_accuracy is None else {"val_accuracy": float(val_accuracy)}
+    if step in manager.all_steps():
+        manager.delete(step)  # renamed into .superseded/ first: a kill now leaves the earlier steps
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                meta=ocp.args.JsonSave(meta)),
                  metrics=metrics, force=True)
     manager.wait_until_finished()
+    remove_superseded(Path(manager.directory))
 
 
 def restore_latest(manager: ocp.CheckpointManager, target: dict):
@@ -98,7 +158,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     best, best_acc = steps[-1], -1.0
     for step_dir in steps:
         acc = _read_meta(step_dir).get("val_accuracy")
-        if acc is not None and acc > best_acc:
+        if acc is not None and acc >= best_acc:  # of equals the latest, as orbax keeps
             best, best_acc = step_dir, acc
     return best
 
@@ -158,8 +218,6 @@ def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test
     The copy is built beside ``dst`` and swapped in at the end, so an existing ``dst`` is
     never left half-written.
     """
-    import shutil
-
     dst = Path(dst).absolute()
     check_output_folder(dst, EXPORT_FILES, "--export")
     steps = step_dirs(dst / CKPT_SUBDIR) if (dst / CKPT_SUBDIR).is_dir() else []
@@ -168,22 +226,20 @@ def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test
     step_dir = resolve_checkpoint_dir(source)
     params, batch_stats, _, meta = load_checkpoint(step_dir)
     meta = {**meta, "test_accuracy": float(test_accuracy), "exported_from": str(step_dir)}
-    tmp = dst.with_name(dst.name + ".export-tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    manager = ocp.CheckpointManager(tmp / CKPT_SUBDIR, options=ocp.CheckpointManagerOptions(
-        enable_async_checkpointing=False))
-    manager.save(int(step_dir.name) if step_dir.name.isdigit() else 0,
-                 args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params, "batch_stats": batch_stats}),
-                                         meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
-    manager.close()
-    workdir = step_dir.parent.parent
-    metrics = {"test_accuracy": float(test_accuracy), "history": meta.get("history", []),
-               **{k: meta[k] for k in ("model", "train_config", "data_source", "num_params") if k in meta}}
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if (workdir / "training_curves.png").exists():
-        shutil.copy(workdir / "training_curves.png", tmp / "training_curves.png")
-    swap_in(tmp, dst)
+    with atomic_folder(dst) as tmp:
+        manager = ocp.CheckpointManager(tmp / CKPT_SUBDIR, options=ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=False))
+        manager.save(int(step_dir.name) if step_dir.name.isdigit() else 0,
+                     args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params, "batch_stats": batch_stats}),
+                                             meta=ocp.args.JsonSave(meta)))
+        manager.wait_until_finished()
+        manager.close()
+        workdir = step_dir.parent.parent
+        metrics = {"test_accuracy": float(test_accuracy), "history": meta.get("history", []),
+                   **{k: meta[k] for k in ("model", "train_config", "data_source", "num_params") if k in meta}}
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the folder is swapped in whole
+        if (workdir / "training_curves.png").exists():
+            shutil.copy(workdir / "training_curves.png", tmp / "training_curves.png")
     return dst
 
 
@@ -194,14 +250,16 @@ def check_output_folder(dst: str | os.PathLike, names, flag: str) -> None:
     """Refuse, before any work, an output folder that cannot be written or should not be replaced.
 
     ``dst`` is replaced whole at the end (``swap_in``), so it must be absent, empty, or a
-    previous output of the same kind: nothing in it but ``names``. A folder holding anything
+    previous output of the same kind: nothing in it but ``names`` (and temporaries of them a
+    killed run left, see ``cli.atomic_file``). A folder holding anything
     else, or a regular file, is refused rather than deleted. Writability is tried by creating
     and removing a sibling, where the output will be built. Raises ValueError.
     """
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"{flag} {dst}: expected a folder (new or a previous output), found a file")
-    foreign = sorted(p.name for p in dst.iterdir() if p.name not in names) if dst.is_dir() else []
+    foreign = sorted(p.name for p in dst.iterdir() if p.name not in names and not is_temporary_of(p.name, names)) \
+        if dst.is_dir() else []
     if foreign:
         raise ValueError(f"{flag} {dst}: expected a new folder or a previous output, found other files in it "
                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another path")
@@ -217,15 +275,3 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
         probe.rmdir()
     except OSError as e:
         raise ValueError(f"{flag} {path}: cannot write there ({e.strerror})") from None
-
-
-def swap_in(new: Path, dst: Path) -> None:
-    """Replace folder ``dst`` by the finished folder ``new`` with renames, never leaving a half-written ``dst``."""
-    import shutil
-
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(new, dst)
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,13 +1,22 @@
 """Train the MNIST CNN with checkpoints, then report test accuracy.
 
-    python train_mnist.py --data-dir ../shared/data/mnist          # full run into checkpoints/
-    python train_mnist.py --max-train-examples 2000 --epochs 1      # a quick smoke run
-    python train_mnist.py --resume                                   # continue checkpoints/
-    python train_mnist.py --evaluate --checkpoint pretrained         # evaluate only
+    python train_mnist.py --data-dir DIR            # DIR: a folder with the four MNIST IDX files
+    python train_mnist.py --tfds                     # or MNIST via tensorflow-datasets
+    python train_mnist.py --data-dir DIR --max-train-examples 2000 --epochs 1    # a smoke run
+    python train_mnist.py --data-dir DIR --resume   # continue the run in checkpoints/
+    python train_mnist.py --data-dir DIR --evaluate --checkpoint pretrained      # evaluate only
 
-Without --data-dir (or MNIST_DATA_DIR) the data comes from tensorflow-datasets.
+Data: --data-dir if given, else $MNIST_DATA_DIR, else a copy tensorflow-datasets has
+prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets); --tfds downloads one
+(pip install -r requirements-tfds.txt). With none of these the run stops at once and
+says where to get the four IDX files (yann.lecun.com/exdb/mnist or a mirror).
+Checkpoint for --evaluate/--export: --checkpoint if given, else checkpoints/ when a
+training run there has saved a step, else the shipped pretrained/.
+
 The last line printed is ``test_accuracy: 0.XXXX``; ``<workdir>/metrics.json`` holds it
-with the per-epoch history, and ``<workdir>/training_curves.png`` plots it.
+with the per-epoch history, and ``<workdir>/training_curves.png`` plots it. Ctrl-C saves a
+checkpoint; --resume continues it (the interrupted epoch's loss and the elapsed time carry
+over). A run killed outright resumes from its last finished epoch.
 
 On a CPU the host is split into one JAX device per core (up to 8) and the batch is
 sharded across them; set XLA_FLAGS yourself to choose otherwise.
@@ -16,10 +25,10 @@ from __future__ import annotations
 
 import os
 
-if __name__ == "__main__":  # before JAX is imported: one JAX device per CPU core
-    from cpu_devices import use_compilation_cache, use_one_device_per_core
-    use_one_device_per_core()
-    use_compilation_cache()  # compiled programs kept on disk: later runs start in seconds
+import cli
+
+if __name__ == "__main__":
+    cli.before_jax()  # one JAX device per CPU core, compilation cache: before JAX is imported
 
 import argparse
 import dataclasses
@@ -39,28 +48,104 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import cli
 import mnist_checkpoint as ckpt
 from mnist_cnn_model import MNISTCNN, count_params
-from mnist_data import MNIST, MNISTDataError, Split, load_mnist, load_test_split
+from mnist_data import MNIST, Split, load_mnist, load_test_split
+
+# ----------------------------------------------------------------------------- configuration
+# The command line's training flags are TrainConfig's fields: each field's metadata holds
+# its help text and argument type (``add_config_flags``), so a new field is a new flag.
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text}")
+    return value
+
+
+def _flag(default, help: str, type=None, flag: str | None = None, default_text: str | None = None):
+    """A TrainConfig field and its command-line flag (``--field-name`` unless ``flag``)."""
+    return dataclasses.field(default=default, metadata={"help": help, "type": type, "flag": flag,
+                                                        "default_text": default_text})
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 15
-    batch_size: int = 128
-    learning_rate: float = 3e-3  # peak of the one-cycle schedule
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    augment: bool = True  # random rotation/scale/shift on the device
-    max_rotation_deg: float = 10.0
-    max_scale: float = 0.1
-    max_shift: float = 2.0
-    seed: int = 0
-    num_validation: int = 5_000
-    max_train_examples: int | None = None
+    epochs: int = _flag(15, "passes over the training set", positive_int)
+    batch_size: int = _flag(128, "examples per step, split evenly over the JAX devices", positive_int)
+    learning_rate: float = _flag(3e-3, "peak of the one-cycle learning-rate schedule", positive_float)
+    weight_decay: float = _flag(1e-4, "AdamW's decoupled weight decay", non_negative_float)
+    label_smoothing: float = _flag(0.1, "label smoothing of the training loss", fraction)
+    augment: bool = _flag(True, "turn off the random rotation/scale/shift of training digits (on the device)",
+                          flag="--no-augment")
+    max_rotation_deg: float = _flag(10.0, "augmentation: largest rotation, in degrees", non_negative_float)
+    max_scale: float = _flag(0.1, "augmentation: largest relative change of size", fraction)
+    max_shift: float = _flag(2.0, "augmentation: largest shift, in pixels", non_negative_float)
+    seed: int = _flag(0, "seeds the initial weights, the shuffling, the augmentation and dropout", seed_int)
+    num_validation: int = _flag(5_000, "training examples held out (fixed permutation) to pick the best epoch",
+                                non_negative_int)
+    max_train_examples: int | None = _flag(None, "train on the first N training examples only", positive_int,
+                                           default_text="all")
     # Training steps fused into one compiled call (lax.scan); None: 1 on CPU, where XLA
     # runs a loop body about 2x slower than the same ops outside a loop, else up to 32
     # (``steps_per_call``: a divisor of the epoch's steps, so one chunk length compiles).
-    steps_per_call: int | None = None
-    eval_batch_size: int = 250  # larger batches raise peak memory (+350 MB at 1,000), not speed
+    steps_per_call: int | None = _flag(None, "training steps fused into one compiled call", positive_int,
+                                       default_text="1 on a CPU, up to 32 elsewhere")
+    # Larger batches raise peak memory (+350 MB at 1,000), not speed.
+    eval_batch_size: int = _flag(250, "batch size of the validation and test passes", positive_int)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, from its metadata (help, type, default)."""
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):  # a switch that turns the default off
+            parser.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                                help=meta["help"])
+            continue
+        default = meta["default_text"] or "%(default)s"
+        metavar = "N" if meta["type"] in (positive_int, non_negative_int, seed_int) else "X"
+        parser.add_argument(flag, dest=f.name, type=meta["type"], default=f.default,
+                            metavar=metavar, help=f"{meta['help']} (default: {default})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -188,33 +273,46 @@ def evaluate(model: MNISTCNN, params, batch_stats, split: Split, batch_size: int
             "predictions": np.concatenate(predictions) if predictions else np.zeros(0, np.int32)}
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def curves_figure(history: list[dict], test_accuracy: float | None = None):
+    """Loss and accuracy per epoch (and the test accuracy, once known) on a matplotlib Figure
+    of its own: no pyplot state, so a notebook's backend is left as it is."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented, smoothed)")
     ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    accuracies = [100 * h[k] for h in history for k in ("train_accuracy", "val_accuracy")]
     ax2.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train (augmented)")
     ax2.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", label="validation")
-    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    title = "Accuracy"
+    if test_accuracy is not None:
+        accuracies.append(100 * test_accuracy)
+        ax2.plot([epochs[-1]], [100 * test_accuracy], "*", ms=13, color="C3",
+                 label=f"test, after epoch {epochs[-1]} ({100 * test_accuracy:.2f}%)")
+        title = f"Accuracy (test {100 * test_accuracy:.2f}%)"
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    # Whole epochs half a step beyond either end (a single epoch is one column, not a point
+    # on an axis from 0.96 to 1.04); accuracy from a little below the lowest value to 100.
+    lo, hi = min(accuracies, default=0.0), max(accuracies, default=100.0)
+    pad = max(1.0, 0.1 * (hi - lo))
+    ax2.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad) + 0.5)
     for ax in (ax1, ax2):
+        ax.set_xlim(0.5, max(epochs, default=1) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig
+
+
+def plot_curves(history: list[dict], path: Path, test_accuracy: float | None = None) -> None:
+    """``curves_figure`` written to ``path`` (PNG, 1000 x 380 pixels), atomically."""
+    with cli.atomic_file(path) as tmp:
+        curves_figure(history, test_accuracy).savefig(tmp, dpi=100)
 
 
 def initial_state(model: MNISTCNN, tx, seed: int) -> tuple[dict, jax.Array]:
@@ -254,9 +352,13 @@ def _chunk_lengths(start: int, steps_per_epoch: int, per_call: int) -> list[int]
     return out
 
 
+WORKDIR_FILES = ("metrics.json", "training_curves.png")  # besides ckpt/, what a run writes there
+
+
 def check_workdir(workdir: str | os.PathLike, resume: bool) -> None:
-    """Refuse a workdir that is a file, or that holds checkpoints when not resuming: a new run
-    there would delete them (orbax keeps only the latest and best steps). Raises ValueError."""
+    """Refuse a workdir that is a file, one that holds checkpoints when not resuming (a new run
+    there would delete them: orbax keeps only the latest and best steps), and one without a
+    checkpoint when resuming. Raises ValueError."""
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ValueError(f"--workdir {workdir}: expected a folder, found a file")
@@ -265,6 +367,9 @@ def check_workdir(workdir: str | os.PathLike, resume: bool) -> None:
     if steps and not resume:
         raise ValueError(f"--workdir {workdir} already holds checkpoints (steps {', '.join(steps)}): "
                          "pass --resume to continue that run, or choose another --workdir")
+    if resume and not steps:
+        raise ValueError(f"--resume: --workdir {workdir} holds no checkpoint to resume from "
+                         f"(no finished step in {root}); leave out --resume to start a new run there")
     if not workdir.exists():  # find out now, not after loading the data, whether it can be made
         ckpt.check_writable(workdir, "--workdir")
 
@@ -296,6 +401,8 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
                          f"of {steps_per_epoch} steps")
 
     workdir.mkdir(parents=True, exist_ok=True)  # after the checks above: no empty workdir left by them
+    for name in WORKDIR_FILES:  # a run killed while writing one leaves its temporary file
+        cli.remove_temporaries(workdir / name)
     model = MNISTCNN()
     tx = make_optimizer(cfg, total_steps)
     state, train_key = initial_state(model, tx, cfg.seed)
@@ -304,23 +411,26 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
 
     manager = ckpt.make_manager(workdir)
     history: list[dict] = []
+    partial = None  # the interrupted epoch's sums, from a checkpoint saved by Ctrl-C
+    elapsed_before = 0.0  # training time of the earlier sessions of a resumed run
     if resume:
         try:
             restored = ckpt.restore_latest(manager, state)
         except Exception as e:  # orbax: a weights-only export, or state of another shape
             raise ValueError(f"--workdir {workdir}: cannot resume, its latest checkpoint is not a training "
                              f"state of this model and optimizer ({cli.first_line(e)})") from None
-        if restored is None:
-            log(f"no checkpoint in {workdir} to resume from; starting afresh")
-        else:
-            state, old_meta = restored
-            stored = old_meta.get("train_config") or {}
-            if stored != meta["train_config"]:
-                diff = ", ".join(f"{k} {stored.get(k)!r} there, {v!r} now" for k, v in meta["train_config"].items()
-                                 if stored.get(k) != v)
-                raise ValueError(f"{workdir}: --resume with a different config than the checkpoint's: {diff}")
-            history = old_meta.get("history", [])
-            log(f"resumed from step {int(state['step'])} (epoch {len(history)})")
+        if restored is None:  # check_workdir saw a step; orbax did not
+            raise ValueError(f"--resume: --workdir {workdir} holds no checkpoint orbax can restore")
+        state, old_meta = restored
+        stored = old_meta.get("train_config") or {}
+        if stored != meta["train_config"]:
+            diff = ", ".join(f"{k} {stored.get(k)!r} there, {v!r} now" for k, v in meta["train_config"].items()
+                             if stored.get(k) != v)
+            raise ValueError(f"{workdir}: --resume with a different config than the checkpoint's: {diff}")
+        history = old_meta.get("history", [])
+        partial = old_meta.get("partial_epoch")
+        elapsed_before = float(old_meta.get("elapsed_seconds") or (history[-1]["elapsed_seconds"] if history else 0))
+        log(f"resumed from step {int(state['step'])} (epoch {len(history)})")
 
     state, images, labels, train_chunk = on_all_devices(model, tx, cfg, state, train.images, train.labels)
     per_call = cfg.steps_per_call or steps_per_call(steps_per_epoch, devices[0].platform)
@@ -332,15 +442,24 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
         interrupted["flag"] = True
 
     old_handler = signal.signal(signal.SIGINT, on_sigint) if _in_main_thread() else None
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - elapsed_before  # elapsed_seconds continues across resumes
     step = int(state["step"])
+    bar = None
+    # An epoch counts once validated: a run stopped after an epoch's last step resumes at its
+    # validation, not at the next epoch.
+    epoch = start_epoch = min(len(history), step // steps_per_epoch)
+    sums, counted, t_epoch = {"loss": 0.0, "accuracy": 0.0}, 0, time.perf_counter()
     try:
-        for epoch in range(step // steps_per_epoch, cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs):
             batches = epoch_batches(cfg.seed, epoch, len(train), cfg.batch_size)
             offset = step - epoch * steps_per_epoch
             sums = {"loss": 0.0, "accuracy": 0.0}
-            counted = 0
-            t_epoch = time.perf_counter()
+            counted, seconds_before = 0, 0.0
+            if partial and partial.get("epoch") == epoch and partial.get("steps") == offset:
+                # The steps of this epoch done before an interrupt count in its loss and rate.
+                sums = {"loss": partial["loss_sum"], "accuracy": partial["accuracy_sum"]}
+                counted, seconds_before = partial["steps"], partial["seconds"]
+            t_epoch = time.perf_counter() - seconds_before
             bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not progress, unit="step", dynamic_ncols=True, file=sys.stdout)
             for length in _chunk_lengths(offset, steps_per_epoch, per_call):
@@ -378,15 +497,23 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
             log(f"epoch {epoch + 1}: train_loss {history[-1]['train_loss']:.4f} "
                 f"val_accuracy {val['accuracy']:.4f} ({seconds:.1f} s)")
             ckpt.save(manager, step, jax.device_get(state),
-                      {**meta, "epoch": epoch + 1, "val_accuracy": val["accuracy"], "history": history},
+                      {**meta, "epoch": epoch + 1, "val_accuracy": val["accuracy"], "history": history,
+                       "elapsed_seconds": history[-1]["elapsed_seconds"]},
                       val["accuracy"])
-            write_json_atomic(workdir / "metrics.json", {"history": history, **_summary(meta)})
+            cli.write_atomic(workdir / "metrics.json", json.dumps({"history": history, **_summary(meta)}, indent=2))
             plot_curves(history, workdir / "training_curves.png")
     except KeyboardInterrupt:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if manager.latest_step() != step:
+            in_epoch = step - epoch * steps_per_epoch
             ckpt.save(manager, step, jax.device_get(state),
-                      {**meta, "epoch": len(history), "val_accuracy": None, "history": history}, None)
+                      {**meta, "epoch": len(history), "val_accuracy": None, "history": history,
+                       "elapsed_seconds": time.perf_counter() - t_start,
+                       "partial_epoch": {"epoch": epoch, "steps": in_epoch, "loss_sum": sums["loss"],
+                                         "accuracy_sum": sums["accuracy"],
+                                         "seconds": time.perf_counter() - t_epoch}
+                       if in_epoch == counted else None}, None)
         log(f"interrupted at step {step}: checkpoint saved in {workdir}; continue with --resume")
         raise
     finally:
@@ -401,7 +528,9 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
     # Temperature scaling: T fitted on the validation split into each kept step's meta; ECE into metrics.json.
     from mnist_calibration import calibrate_workdir
     result.update(calibrate_workdir(workdir, data, cfg.eval_batch_size))
-    write_json_atomic(workdir / "metrics.json", result)
+    cli.write_atomic(workdir / "metrics.json", json.dumps(result, indent=2))
+    if history:
+        plot_curves(history, workdir / "training_curves.png", test["accuracy"])
     result["state"] = state
     return result
 
@@ -418,98 +547,61 @@ def _in_main_thread() -> bool:
 # ----------------------------------------------------------------------------- command line
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def seed_int(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
+    from mnist_data import DATA_FALLBACK
+
     p = cli.parser(__doc__)
-    p.add_argument("--data-dir", help="folder with the four MNIST IDX files (default: $MNIST_DATA_DIR, else tfds)")
-    p.add_argument("--workdir", default="checkpoints", help="where checkpoints and metrics go (default: %(default)s)")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="default: %(default)s")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="default: %(default)s")
-    p.add_argument("--learning-rate", type=positive_float, default=d.learning_rate,
-                   help="peak of the one-cycle schedule (default: %(default)s)")
-    p.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay, help="default: %(default)s")
-    p.add_argument("--seed", type=seed_int, default=d.seed, help="default: %(default)s")
-    p.add_argument("--max-train-examples", type=positive_int, help="train on the first N examples only")
-    p.add_argument("--no-augment", action="store_true", help="turn off random rotation/scale/shift")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"folder with the four MNIST IDX files (default: {DATA_FALLBACK})")
+    p.add_argument("--tfds", action="store_true",
+                   help="read MNIST with tensorflow-datasets, downloading it on first use "
+                        "(pip install -r requirements-tfds.txt)")
+    p.add_argument("--workdir", default=ckpt.DEFAULT_WORKDIR, metavar="DIR",
+                   help="where checkpoints, metrics.json and training_curves.png go (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run whose checkpoints are in --workdir (refused if there are none)")
+    add_config_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --checkpoint on the test set")
-    p.add_argument("--checkpoint", help="checkpoint (workdir or step folder) for --evaluate")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help=f"with --evaluate: a workdir or step folder (default: {ckpt.CHECKPOINT_FALLBACK})")
     p.add_argument("--export", metavar="DIR",
                    help="with --evaluate: also write a weights-only copy with its test accuracy to DIR")
-    p.add_argument("--steps-per-call", type=positive_int,
-                   help="training steps fused into one compiled call (default: 1 on a CPU, up to 32 elsewhere)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.evaluate:
-            if not args.checkpoint:
-                parser.error("--evaluate needs --checkpoint PATH")
-            if args.export:
-                ckpt.check_output_folder(args.export, ckpt.EXPORT_FILES, "--export")
-            params, batch_stats, model, meta = ckpt.load_checkpoint(args.checkpoint)
-            test = evaluate(model, params, batch_stats, load_test_split(args.data_dir))
-            if args.export:
-                print(f"wrote {ckpt.export_for_inference(args.checkpoint, args.export, test['accuracy'])}")
-            print(f"test_accuracy: {test['accuracy']:.4f}")
-            return 0
+    if args.tfds and args.data_dir:
+        parser.error("--tfds and --data-dir are alternatives; give one")
+    if args.evaluate:
+        if args.resume:
+            parser.error("--resume is for training; --evaluate only evaluates")
+        checkpoint = args.checkpoint or ckpt.default_checkpoint()
         if args.export:
-            parser.error("--export is only used with --evaluate")
-        if args.checkpoint:
-            parser.error("--checkpoint is only used with --evaluate")
-        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                          weight_decay=args.weight_decay, seed=args.seed,
-                          max_train_examples=args.max_train_examples, augment=not args.no_augment,
-                          steps_per_call=args.steps_per_call)
-        check_workdir(args.workdir, args.resume)
-        data = load_mnist(args.data_dir)
-        print(f"data: {data.source}; train {len(data.train.take(cfg.max_train_examples))}, "
-              f"validation {len(data.validation)}, test {len(data.test)}; devices: {len(jax.devices())} "
-              f"x {jax.devices()[0].platform}")
-        result = train_and_evaluate(cfg, args.workdir, data, resume=args.resume, progress=not args.no_progress)
-    except (MNISTDataError, ckpt.CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a workdir or export folder that cannot be created or written
-        print(f"error: cannot write {e.filename or args.workdir}: {e.strerror}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+            ckpt.check_output_folder(args.export, ckpt.EXPORT_FILES, "--export")
+        params, batch_stats, model, meta = ckpt.load_checkpoint(checkpoint)
+        print(f"checkpoint: {ckpt.resolve_checkpoint_dir(checkpoint)}")
+        test = evaluate(model, params, batch_stats, load_test_split(args.data_dir, tfds=args.tfds))
+        if args.export:
+            print(f"wrote {ckpt.export_for_inference(checkpoint, args.export, test['accuracy'])}")
+        print(f"test_accuracy: {test['accuracy']:.4f}")
+        return 0
+    if args.export:
+        parser.error("--export is only used with --evaluate")
+    if args.checkpoint:
+        parser.error("--checkpoint is only used with --evaluate (training writes into --workdir)")
+    cfg = config_from_args(args)
+    check_workdir(args.workdir, args.resume)
+    data = load_mnist(args.data_dir, cfg.num_validation, tfds=args.tfds)
+    print(f"data: {data.source}; train {len(data.train.take(cfg.max_train_examples))}, "
+          f"validation {len(data.validation)}, test {len(data.test)}; devices: {len(jax.devices())} "
+          f"x {jax.devices()[0].platform}")
+    result = train_and_evaluate(cfg, args.workdir, data, resume=args.resume, progress=not args.no_progress)
     print(f"test_accuracy: {result['test_accuracy']:.4f}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

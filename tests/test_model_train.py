@@ -190,10 +190,62 @@ def test_same_seed_same_params_and_resume_equals_uninterrupted(trained, syntheti
         T.train_and_evaluate(_cfg(), tmp_path, synthetic, progress=False, log=lambda *_: None,
                              stop_after_steps=21)
     assert ckpt.make_manager(tmp_path, read_only=True).latest_step() == 21
+    meta = json.loads((tmp_path / "ckpt" / "21" / "meta" / "metadata").read_text())
+    assert meta["partial_epoch"]["epoch"] == 1 and meta["partial_epoch"]["steps"] == 5  # 16 steps an epoch
     resumed = T.train_and_evaluate(_cfg(), tmp_path, synthetic, resume=True, progress=False,
                                    log=lambda *_: None)
     assert _params_equal(resumed["state"]["params"], uninterrupted["state"]["params"])
     assert _params_equal(resumed["state"]["batch_stats"], uninterrupted["state"]["batch_stats"])
+    # The interrupted epoch's loss and accuracy are over all its 16 steps, not the 11 after the resume.
+    first, again = uninterrupted["history"], resumed["history"]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert [h[key] for h in again] == pytest.approx([h[key] for h in first], rel=1e-9, abs=1e-12), key
+    # Time goes on from the stored elapsed seconds; the epoch's seconds include the 5 steps before.
+    assert again[1]["elapsed_seconds"] > meta["elapsed_seconds"] > again[0]["elapsed_seconds"]
+    assert again[1]["epoch_seconds"] > meta["partial_epoch"]["seconds"]
+    assert resumed["train_seconds"] > meta["elapsed_seconds"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["history"] == again
+
+
+def test_a_run_stopped_after_an_epochs_last_step_resumes_at_its_validation(trained, synthetic, tmp_path):
+    _, uninterrupted = trained
+    with pytest.raises(KeyboardInterrupt):
+        T.train_and_evaluate(_cfg(), tmp_path, synthetic, progress=False, log=lambda *_: None,
+                             stop_after_steps=16)  # epoch 1 trained, not yet validated
+    resumed = T.train_and_evaluate(_cfg(), tmp_path, synthetic, resume=True, progress=False,
+                                   log=lambda *_: None)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][0]["train_loss"] == pytest.approx(uninterrupted["history"][0]["train_loss"], rel=1e-9)
+    assert _params_equal(resumed["state"]["params"], uninterrupted["state"]["params"])
+
+
+def test_resume_without_a_checkpoint_is_refused(synthetic, tmp_path):
+    with pytest.raises(ValueError, match=r"--resume: --workdir .* holds no checkpoint to resume from"):
+        T.train_and_evaluate(_cfg(), tmp_path / "new", synthetic, resume=True, progress=False, log=lambda *_: None)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "run" / "ckpt" / "16.orbax-checkpoint-tmp-1796159672").mkdir(parents=True)  # a killed first save
+    for workdir in (tmp_path / "new", tmp_path / "run"):
+        proc = _run("train_mnist.py", "--workdir", str(workdir), "--resume", "--data-dir", "/no/such/folder")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert "holds no checkpoint to resume from" in lines[0] and "leave out --resume" in lines[0]
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_best_checkpoint_survives_a_resume(tmp_path):
+    """orbax's BestN knew the saved metrics only in memory: reopened (a resume), it ranked
+    nothing and deleted the best step at the next save."""
+    state = {"w": np.zeros(3, np.float32)}
+    manager = ckpt.make_manager(tmp_path)
+    for step, acc in ((1, 0.9), (2, 0.5)):
+        ckpt.save(manager, step, state, {"val_accuracy": acc}, acc)
+    manager.close()
+    manager = ckpt.make_manager(tmp_path)  # as --resume opens it
+    ckpt.save(manager, 3, state, {"val_accuracy": 0.4}, 0.4)
+    manager.close()
+    assert [p.name for p in ckpt.step_dirs(tmp_path / "ckpt")] == ["1", "3"]  # the best and the latest
+    assert ckpt.resolve_checkpoint_dir(tmp_path).name == "1"
+    assert not (tmp_path / "ckpt" / ckpt.SUPERSEDED_SUBDIR).exists()  # step 2: renamed there, then deleted
 
 
 def test_different_seed_different_params(trained, synthetic, tmp_path):
@@ -201,6 +253,28 @@ def test_different_seed_different_params(trained, synthetic, tmp_path):
     other = T.train_and_evaluate(_cfg(epochs=1, seed=1), tmp_path, synthetic, progress=False,
                                  log=lambda *_: None)
     assert not _params_equal(other["state"]["params"], first["state"]["params"])
+    # A one-epoch run's curves: 1000 x 380 pixels, the test accuracy drawn in.
+    import matplotlib.image as mpimg
+    assert mpimg.imread(tmp_path / "training_curves.png").shape[:2] == (380, 1000)
+
+
+def test_one_epoch_curves_show_the_test_accuracy_on_sensible_axes():
+    history = [{"epoch": 1, "step": 429, "train_loss": 0.9, "train_accuracy": 0.81, "val_loss": 0.12,
+                "val_accuracy": 0.968}]
+    fig = T.curves_figure(history, test_accuracy=0.9712)
+    loss_ax, acc_ax = fig.axes[:2]
+    for ax in (loss_ax, acc_ax):
+        assert ax.get_xlim() == (0.5, 1.5)  # one column around epoch 1, not 0.96-1.04
+        assert [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
+    test_lines = [line for line in acc_ax.get_lines() if line.get_label().startswith("test")]
+    assert len(test_lines) == 1 and list(test_lines[0].get_ydata()) == [pytest.approx(97.12)]
+    assert "97.12%" in acc_ax.get_title()
+    low, high = acc_ax.get_ylim()
+    assert low <= 81 and high >= 97.12 and high - low < 40  # the values, not 0-100 nor a sliver
+    import matplotlib.pyplot as plt
+    assert plt.get_fignums() == []  # drawn on a Figure of its own: pyplot holds nothing
+    many = T.curves_figure([{**history[0], "epoch": e} for e in range(1, 16)])
+    assert many.axes[0].get_xlim() == (0.5, 15.5)
 
 
 def test_steps_fused_in_a_scan_compute_what_one_step_a_call_does(synthetic):
@@ -306,7 +380,10 @@ def _run(*args, env=None):
     (["--weight-decay", "nan"], "expected a finite number >= 0, got nan"),
     (["--seed", "-1"], "expected an integer in [0, 2**32), got -1"),
     (["--seed", str(2**70)], "expected an integer in [0, 2**32)"),
-    (["--evaluate"], "--evaluate needs --checkpoint"),
+    (["--evaluate", "--resume"], "--resume is for training"),
+    (["--label-smoothing", "1"], "expected a number in [0, 1), got 1"),
+    (["--num-validation", "-3"], "expected an integer >= 0, got -3"),
+    (["--tfds", "--data-dir", "/no/such/folder"], "--tfds and --data-dir are alternatives"),
     (["--data-dir", "/no/such/folder", "--epochs", "1"], "/no/such/folder: data folder does not exist"),
     (["--evaluate", "--checkpoint", "/no/such/ckpt"], "/no/such/ckpt: no checkpoint there"),
 ])
@@ -369,9 +446,70 @@ def test_checkpoints_with_a_broken_config_or_nan_weights_are_refused(trained, tm
 def test_cli_help():
     proc = _run("train_mnist.py", "--help")
     assert proc.returncode == 0
-    for flag in ("--data-dir", "--workdir", "--epochs", "--batch-size", "--learning-rate", "--seed",
-                 "--resume", "--max-train-examples", "--evaluate", "--checkpoint"):
+    for flag in ("--data-dir", "--tfds", "--workdir", "--epochs", "--batch-size", "--learning-rate", "--seed",
+                 "--resume", "--max-train-examples", "--evaluate", "--checkpoint", "--export"):
         assert flag in proc.stdout
+    assert "../" not in proc.stdout  # examples run from a clone
+
+
+def test_training_flags_are_the_config_fields():
+    """Each TrainConfig field is a flag with help text, its type and default, and parsing
+    gives the config back: a field added there is on the command line too."""
+    import dataclasses
+    parser = T.build_parser()
+    by_dest = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(T.TrainConfig):
+        action = by_dest[f.name]
+        assert action.help and f.metadata["help"] in action.help, f.name
+        if not isinstance(f.default, bool):
+            assert action.default == f.default and action.type is f.metadata["type"], f.name
+    assert all(a.help for a in parser._actions), [a.dest for a in parser._actions if not a.help]
+    args = parser.parse_args(["--epochs", "3", "--label-smoothing", "0.2", "--no-augment", "--max-train-examples",
+                              "10", "--max-shift", "0", "--eval-batch-size", "100", "--num-validation", "7"])
+    assert T.config_from_args(args) == T.TrainConfig(epochs=3, label_smoothing=0.2, augment=False,
+                                                     max_train_examples=10, max_shift=0.0, eval_batch_size=100,
+                                                     num_validation=7)
+    assert T.config_from_args(parser.parse_args([])) == T.TrainConfig()
+
+
+def test_evaluate_takes_checkpoints_when_trained_else_the_shipped_one(trained, tmp_path):
+    """--evaluate without --checkpoint: checkpoints/ (in the current folder) when it holds a step,
+    else pretrained/; the line before the accuracy says which."""
+    import shutil
+    from mnist_data import write_idx
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    write_idx(data / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
+    write_idx(data / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 8).astype(np.uint8))
+
+    def evaluate():
+        proc = subprocess.run([sys.executable, str(ROOT / "train_mnist.py"), "--evaluate", "--data-dir", str(data)],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip().splitlines()[-2:]
+
+    line, last = evaluate()
+    assert line == f"checkpoint: {ckpt.resolve_checkpoint_dir(ckpt.PRETRAINED_DIR)}" and last.startswith("test_accuracy:")
+    workdir, _ = trained
+    shutil.copytree(workdir, tmp_path / "checkpoints")
+    line, last = evaluate()
+    assert line == f"checkpoint: checkpoints/ckpt/{ckpt.resolve_checkpoint_dir(workdir).name}"
+
+
+def test_a_run_killed_while_a_superseded_step_is_deleted_resumes_to_the_same_weights(tmp_path):
+    """benchmarks/stress_kill.py once: a 3-epoch run is SIGKILLed while orbax removes a
+    superseded step, resumed with --resume, and its best checkpoint must load with the
+    weights of an uninterrupted run, bit for bit, with nothing half-deleted left."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stress_kill.py"), "--runs", "1",
+                           "--kill-at", "delete", "--nth", "1", "--epochs", "3", "--train", "192", "--batch-size", "32",
+                           "--keep", str(tmp_path), "--json", str(tmp_path / "result.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "result.json").read_text())
+    assert result["kills"] == 1 and result["attempts"][0]["exit"] == -9 and result["attempts"][-1]["resume"]
+    assert result["bitwise_equal"] and result["leftovers"] == [] and result["ok"]
+    assert proc.stdout.strip().splitlines()[-1].startswith("stress_kill: 1 of 1 runs killed and resumed; 1 finished")
 
 
 # ----------------------------------------------------------------------------- shipped checkpoint
