@@ -1,12 +1,15 @@
 """Full demo: explain a trained checkpoint on the MNIST test set and write a report.
 
-    python demo_mnist_xai.py --data-dir ../shared/data/mnist        # all 10,000 test digits
-    python demo_mnist_xai.py                                          # the 200 shipped digits
-    python demo_mnist_xai.py --checkpoint checkpoints --out outputs/demo --num-images 2000
+    python demo_mnist_xai.py                                   # runs from a fresh clone, offline
+    python demo_mnist_xai.py --data-dir DIR                    # all 10,000 test digits (DIR: IDX files)
+    python demo_mnist_xai.py --checkpoint pretrained --out outputs/demo2 --num-images 100
 
-Checkpoint: --checkpoint, else the latest training run in checkpoints/, else the shipped
-pretrained/. Data: --data-dir (or MNIST_DATA_DIR), --tfds for tensorflow-datasets, else the
-shipped sample of real test digits. Writes into --out (default outputs/demo):
+Checkpoint: --checkpoint if given, else checkpoints/ when a training run there has saved a
+step, else the shipped pretrained/. Data: --data-dir if given, else $MNIST_DATA_DIR, else a
+copy tensorflow-datasets has prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets), else
+the 200 real test digits shipped in sample_data/ (with a note); --tfds reads (and on first
+use downloads) tensorflow-datasets' copy. Writes into --out (default outputs/demo: a new
+folder, or one holding a previous demo's output and nothing else):
 
     gallery.png             digit | GradCAM | saliency | Integrated Gradients | SmoothGrad
     class_average_maps.png  per class: mean digit, mean GradCAM, mean saliency
@@ -30,29 +33,35 @@ import numpy as np
 
 import cli
 
+if __name__ == "__main__":
+    cli.before_jax()  # each chunk split over the cores, compilation cache: before JAX is imported
+
 DEFAULT_OUT = Path("outputs") / "demo"
 AUC_IMAGES = 100  # digits used for the deletion AUC shown beside each method's name
 CONTRAST_EXAMPLES = 3  # misclassified digits shown per confused pair
 GUESSED_PAIRS = ((4, 9), (3, 8), (5, 6))  # the pairs the original request expected to be confused
 FIGURES = ("gallery.png", "class_average_maps.png", "confusion_matrix.png", "contrastive.png",
            "misclassified.png")
+OUTPUT_FILES = (*FIGURES, "report.md", "summary.json")  # everything run_demo writes into --out
 
 
-def default_checkpoint() -> str | None:
-    """The latest training run in checkpoints/ if there is one, else None (the shipped one)."""
-    from mnist_checkpoint import CKPT_SUBDIR
-    root = Path("checkpoints") / CKPT_SUBDIR
-    if root.is_dir() and any(p.name.isdigit() for p in root.iterdir()):
-        return "checkpoints"
-    return None
+def _figure(**kwargs):
+    """A matplotlib Figure of its own (no pyplot state: a notebook's backend is left alone)."""
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
+
+
+def _message_figure(text: str):
+    fig = _figure(figsize=(4, 1.5))
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    return fig
 
 
 def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with cli.atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=90)
 
 
 def _confidences(logits: np.ndarray) -> np.ndarray:
@@ -75,12 +84,11 @@ def most_confused(cm: np.ndarray, top: int = 5) -> list[tuple[int, int, int]]:
 def contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps):
     """One row per confused pair (true, predicted, count); per example three panels: the digit,
     GradCAM for the true class, GradCAM for the predicted class (maps in ``examples`` order)."""
-    import matplotlib.pyplot as plt
-
     from mnist_xai_visualizations import overlay_heatmap
 
     cols = 3 * CONTRAST_EXAMPLES
-    fig, axes = plt.subplots(len(pairs), cols, figsize=(1.6 * cols, 1.7 * len(pairs) + 0.5), squeeze=False)
+    fig = _figure(figsize=(1.6 * cols, 1.7 * len(pairs) + 0.5))
+    axes = fig.subplots(len(pairs), cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     k = 0
@@ -105,11 +113,9 @@ def contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps):
 
 def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, checkpoint: str | None,
              data_name: str, progress: bool = True, chunk: int = 500) -> dict:
-    """Explain ``images_u8`` (N, 28, 28, 1) with the checkpoint's model; write figures + report."""
-    import jax
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Explain ``images_u8`` (N, 28, 28, 1) with the checkpoint's model; write ``OUTPUT_FILES``
+    into ``out`` (figures on matplotlib Figures of their own: no pyplot, no backend chosen).
+    ``checkpoint`` None: the shipped pretrained/."""
     from tqdm import tqdm
 
     import mnist_xai_visualizations as X
@@ -118,6 +124,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     params, batch_stats, model, meta = load_checkpoint(checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_FILES:  # what a killed run left half-written
+        cli.remove_temporaries(out / name)
     images = images_u8.astype(np.float32) / 255.0
     n = len(images)
 
@@ -170,13 +178,12 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
         fig.suptitle("Correctly classified digits (|IG| shown)", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.975))
     else:  # a weak checkpoint on a few digits
-        fig, ax = plt.subplots(figsize=(4, 1.5))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no correctly classified digit", ha="center", va="center")
+        fig = _message_figure("no correctly classified digit")
     _save(fig, out / "gallery.png")
 
     # 2. Class-average maps: where does the model look, on average, for each digit?
-    fig, axes = plt.subplots(3, 10, figsize=(15, 5.2))
+    fig = _figure(figsize=(15, 5.2))
+    axes = fig.subplots(3, 10)
     for c in range(10):
         sel = labels == c
         for r, (arr, cmap) in enumerate(((images[..., 0], "gray"), (cams, "jet"), (sals, "hot"))):
@@ -196,7 +203,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     cm = np.zeros((10, 10), np.int64)
     np.add.at(cm, (labels, preds), 1)
     pairs = most_confused(cm)
-    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    fig = _figure(figsize=(6.2, 5.4))
+    ax = fig.subplots()
     im = ax.imshow(np.log1p(cm), cmap="Blues")
     for t in range(10):
         for p in range(10):
@@ -217,9 +225,7 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
         true_maps = np.asarray(X.normalize_maps(gradcam.attribute(params, batch_stats, images[idx], labels[idx])))
         fig = contrastive_figure(images, conf, pairs, examples, true_maps, cams[idx])  # cams: predicted class
     else:
-        fig, ax = plt.subplots(figsize=(4, 1.5))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no misclassified digits", ha="center", va="center")
+        fig = _message_figure("no misclassified digits")
     _save(fig, out / "contrastive.png")
 
     # 4. Misclassified digits, most confident mistakes first.
@@ -227,7 +233,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     wrong = wrong[np.argsort(-conf[wrong])][:40]
     cols = 10
     nrows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(nrows, cols, figsize=(1.5 * cols, 1.75 * nrows + 0.4), squeeze=False)
+    fig = _figure(figsize=(1.5 * cols, 1.75 * nrows + 0.4))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):
@@ -303,60 +310,50 @@ GradCAM for the true class beside GradCAM for the predicted class.
 
 MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
 """
-    tmp = out / "report.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / "report.md")
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(s, indent=2))
-    os.replace(tmp, out / "summary.json")
+    cli.write_atomic(out / "report.md", text)
+    cli.write_atomic(out / "summary.json", json.dumps(s, indent=2))
 
 
 def main(argv=None) -> int:
+    from mnist_checkpoint import CHECKPOINT_FALLBACK, check_output_folder, default_checkpoint
+    from mnist_data import DATA_FALLBACK, MNISTDataError, load_test_or_sample
+
     parser = cli.parser(__doc__)
-    parser.add_argument("--checkpoint", help="checkpoint folder (default: checkpoints/ if trained, else pretrained/)")
-    parser.add_argument("--data-dir", help="folder with the MNIST IDX files (default: $MNIST_DATA_DIR)")
-    parser.add_argument("--tfds", action="store_true", help="read the test set from tensorflow-datasets")
-    parser.add_argument("--num-images", type=int, help="use only the first N test digits")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help=f"a workdir or step folder (default: {CHECKPOINT_FALLBACK})")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help=f"folder with the MNIST IDX files (default: {DATA_FALLBACK}, "
+                             "else the 200 shipped digits)")
+    parser.add_argument("--tfds", action="store_true",
+                        help="read the test set with tensorflow-datasets, downloading it on first use "
+                             "(pip install -r requirements-tfds.txt)")
+    parser.add_argument("--num-images", type=int, metavar="N", help="use only the first N test digits (default: all)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
+                        help="output folder: new, or a previous demo's output (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.num_images is not None and args.num_images < 1:
         parser.error(f"--num-images: expected a positive integer, got {args.num_images}")
     if args.tfds and args.data_dir:
         parser.error("--tfds and --data-dir are alternatives; give one")
 
-    from mnist_checkpoint import CheckpointError
-    from mnist_data import MNISTDataError, load_sample_digits, load_test_split, resolve_data_dir
-
-    try:
-        if args.tfds or resolve_data_dir(args.data_dir):
-            split = load_test_split(None if args.tfds else args.data_dir)
-            name = "tensorflow-datasets mnist test split" if args.tfds else f"MNIST test set ({resolve_data_dir(args.data_dir)})"
-        else:
-            split = load_sample_digits()
-            name = "the 200 shipped MNIST test digits (sample_data/)"
-        if args.num_images:
-            if args.num_images > len(split):
-                raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} digits available")
-            if args.num_images < len(split):
-                name = f"the first {args.num_images} digits of {name}"
-            split = split.take(args.num_images)
-        summary = run_demo(split.images, split.labels, args.out, args.checkpoint or default_checkpoint(), name,
-                           progress=not args.no_progress)
-    except (CheckpointError, MNISTDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot write into {args.out}: {e.strerror}", file=sys.stderr)
-        return 2
+    check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the work, not after
+    split, name, note = load_test_or_sample(args.data_dir, args.tfds)
+    if note:
+        print(note)
+    if args.num_images:
+        if args.num_images > len(split):
+            raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} digits available")
+        if args.num_images < len(split):
+            name = f"the first {args.num_images} digits of {name}"
+        split = split.take(args.num_images)
+    checkpoint = args.checkpoint or default_checkpoint()
+    summary = run_demo(split.images, split.labels, args.out, checkpoint, name, progress=not args.no_progress)
     print(f"accuracy {100 * summary['accuracy']:.2f}% on {summary['num_images']} digits; "
           f"top confusions: {summary['top_confusions'][:3]}")
-    print(f"wrote {', '.join(FIGURES)} and report.md into {args.out}")
+    print(f"wrote {', '.join(OUTPUT_FILES[:-1])} and {OUTPUT_FILES[-1]} into {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    from cpu_devices import use_compilation_cache, use_one_device_per_core
-    use_one_device_per_core()  # before JAX is imported: each chunk split over the cores
-    use_compilation_cache()
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -1,7 +1,14 @@
 """Measure how faithful each explanation method is, on N test digits.
 
-    python evaluate_xai.py --data-dir ../shared/data/mnist                 # 1,000 digits, all methods
-    python evaluate_xai.py --methods gradcam,saliency --num-images 200
+    python evaluate_xai.py                                  # from a fresh clone: the 200 shipped digits
+    python evaluate_xai.py --data-dir DIR                   # 1,000 test digits (DIR: the MNIST IDX files)
+    python evaluate_xai.py --methods gradcam,saliency --num-images 100
+
+Checkpoint: --checkpoint if given, else checkpoints/ when a training run there has saved a
+step, else the shipped pretrained/. Data: --data-dir if given, else $MNIST_DATA_DIR, else a
+copy tensorflow-datasets has prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets), else
+the 200 real test digits shipped in sample_data/ (with a note); --tfds reads (and on first
+use downloads) tensorflow-datasets' copy.
 
 For each method: deletion and insertion AUC (with bootstrap 95% intervals) against a random
 and a Sobel-edge baseline, the cascading parameter-randomisation test (on a subset of
@@ -15,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 import cli
+
+if __name__ == "__main__":
+    cli.before_jax()  # each chunk split over the cores, compilation cache: before JAX is imported
 
 DEFAULT_OUT = Path("outputs") / "xai_eval"
 OUTPUT_FILES = frozenset({"results.json", "results.md", "curves.png", "randomization.png", "randomization_maps.png"})
@@ -169,11 +178,11 @@ def format_table(report: dict) -> str:
 
 
 def plot_curves(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Mean deletion and insertion curves per method (a Figure of its own: no pyplot state)."""
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for name, r in report["results"].items():
         style = "--" if "baseline" in name else "-"
         for ax, kind in zip(axes, ("deletion", "insertion")):
@@ -187,22 +196,21 @@ def plot_curves(report: dict, path: Path) -> None:
     fig.suptitle(f"{report['num_images']} MNIST test digits; AUC in brackets", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def plot_randomization(report: dict, example: dict, path: Path, maps_path: Path) -> None:
     """Adebayo et al.'s two views of the cascade: mean Spearman rho per stage with its 95%
-    interval, and one digit's |map| as the layers are re-initialised from the top down."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    interval, and one digit's |map| as the layers are re-initialised from the top down
+    (Figures of their own: no pyplot state)."""
+    from matplotlib.figure import Figure
 
     rows = {k: r for k, r in report["results"].items() if "randomization" in r}
     if not rows:
         return
     layers = [layer for layer, _ in next(iter(rows.values()))["randomization"]]
     x = np.arange(len(layers) + 1)
-    fig, ax = plt.subplots(figsize=(10, 4.2))
+    fig = Figure(figsize=(10, 4.2))
+    ax = fig.subplots()
     lowest = -0.3
     for name, r in rows.items():
         rho = [1.0] + [v for _, v in r["randomization"]]
@@ -222,13 +230,13 @@ def plot_randomization(report: dict, example: dict, path: Path, maps_path: Path)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
     names = [k for k in rows if k in example["maps"]]
     if not names:
         return
     cols = 2 + len(layers)
-    fig, axes = plt.subplots(len(names), cols, figsize=(1.15 * cols, 1.25 * len(names) + 0.5), squeeze=False)
+    fig = Figure(figsize=(1.15 * cols, 1.25 * len(names) + 0.5))
+    axes = fig.subplots(len(names), cols, squeeze=False)
     for i, name in enumerate(names):
         axes[i, 0].imshow(example["image"], cmap="gray", vmin=0, vmax=1)
         for j, m in enumerate(np.abs(example["maps"][name])):
@@ -245,23 +253,15 @@ def plot_randomization(report: dict, example: dict, path: Path, maps_path: Path)
                  "a map that reflects the model changes", fontsize=8)
     fig.tight_layout()
     fig.savefig(maps_path, dpi=90)
-    plt.close(fig)
 
 
 def write_outputs(report: dict, out: Path, command: str, example: dict | None = None) -> None:
-    """Write everything into a fresh folder beside ``out``, then swap it in."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    """Write everything into a fresh folder beside ``out``, then swap it in (``cli.atomic_folder``)."""
+    with cli.atomic_folder(out) as tmp:
         _write_into(tmp, report, command, example)
-        from mnist_checkpoint import swap_in
-        swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # left only by a failure
 
 
 def _write_into(tmp: Path, report: dict, command: str, example: dict | None) -> None:
-    tmp.mkdir(parents=True)
     (tmp / "results.json").write_text(json.dumps(report, indent=2))
     (tmp / "results.md").write_text(
         f"# Faithfulness of the explanations\n\n{report['date']}, `{command}`, {report['machine']}\n\n"
@@ -278,16 +278,30 @@ def _write_into(tmp: Path, report: dict, command: str, example: dict | None) -> 
 
 def main(argv=None) -> int:
     import mnist_xai_visualizations as X
+    from mnist_checkpoint import CHECKPOINT_FALLBACK
+    from mnist_data import DATA_FALLBACK
 
     parser = cli.parser(__doc__)
-    parser.add_argument("--num-images", type=int, default=1000, help="default: %(default)s")
-    parser.add_argument("--methods", default=",".join(X.METHODS), help="comma-separated (default: all)")
-    parser.add_argument("--checkpoint", help="default: the shipped pretrained/")
-    parser.add_argument("--data-dir", help="MNIST IDX folder (default: $MNIST_DATA_DIR, else the shipped digits)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="default: %(default)s")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps (default: %(default)s)")
-    parser.add_argument("--randomization-images", type=int, default=100, help="default: %(default)s")
+    parser.add_argument("--num-images", type=int, metavar="N",
+                        help="test digits to evaluate on (default: 1000, or all when fewer are available)")
+    parser.add_argument("--methods", default=",".join(X.METHODS), metavar="NAMES",
+                        help=f"comma-separated, from: {', '.join(X.METHODS)} (default: all)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help=f"a workdir or step folder (default: {CHECKPOINT_FALLBACK})")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help=f"folder with the MNIST IDX files (default: {DATA_FALLBACK}, else the 200 shipped digits)")
+    parser.add_argument("--tfds", action="store_true",
+                        help="read the test set with tensorflow-datasets, downloading it on first use "
+                             "(pip install -r requirements-tfds.txt)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
+                        help="output folder: new, or a previous evaluation's output (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seeds the random baseline, SmoothGrad's noise, the bootstrap and the "
+                             "re-initialised layers (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=16, metavar="N",
+                        help="deletion/insertion steps (default: %(default)s)")
+    parser.add_argument("--randomization-images", type=int, default=100, metavar="N",
+                        help="digits for the cascading randomisation test (default: %(default)s)")
     args = parser.parse_args(argv)
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # once each
     unknown = [m for m in methods if m not in X.METHODS]
@@ -295,29 +309,30 @@ def main(argv=None) -> int:
         parser.error(f"--methods: expected names from {', '.join(X.METHODS)}, got {', '.join(unknown) or 'none'}")
     for flag, value, least in (("--num-images", args.num_images, 1), ("--steps", args.steps, 2),
                                ("--randomization-images", args.randomization_images, 1)):
-        if value < least:
+        if value is not None and value < least:
             parser.error(f"{flag}: expected an integer >= {least}, got {value}")
     if not 0 <= args.seed < 2**32:
         parser.error(f"--seed: expected an integer in [0, 2**32), got {args.seed}")
+    if args.tfds and args.data_dir:
+        parser.error("--tfds and --data-dir are alternatives; give one")
 
     import datetime
     import platform
 
     import jax
 
-    from mnist_checkpoint import check_output_folder, load_checkpoint
-    from mnist_data import MNISTDataError, load_sample_digits, load_test_split, resolve_data_dir
+    from mnist_checkpoint import check_output_folder, default_checkpoint, load_checkpoint
+    from mnist_data import MNISTDataError, load_test_or_sample
 
-    try:
-        check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the minutes of work, not after
-        params, batch_stats, model, _ = load_checkpoint(args.checkpoint)
-        split = load_test_split(args.data_dir) if resolve_data_dir(args.data_dir) else load_sample_digits()
-        if args.num_images > len(split):
-            raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} test digits available")
-    except ValueError as e:  # CheckpointError, MNISTDataError, a refused --out
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    split = split.take(args.num_images)
+    check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the minutes of work, not after
+    params, batch_stats, model, _ = load_checkpoint(args.checkpoint or default_checkpoint())
+    split, _, note = load_test_or_sample(args.data_dir, args.tfds)
+    if note:
+        print(note)
+    num_images = args.num_images or min(1000, len(split))
+    if num_images > len(split):
+        raise MNISTDataError(f"--num-images {num_images} is more than the {len(split)} test digits available")
+    split = split.take(num_images)
     images = split.images.astype(np.float32) / 255.0
     t0 = time.perf_counter()
     report, example = evaluate_methods(params, batch_stats, model, images, split.labels, methods, args.seed,
@@ -326,18 +341,11 @@ def main(argv=None) -> int:
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}"})
     print(format_table(report))
     command = "python evaluate_xai.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        write_outputs(report, Path(args.out), command.strip(), example)
-    except OSError as e:
-        print(f"error: cannot write into {args.out}: {e.strerror}", file=sys.stderr)
-        return 2
-    print(f"wrote results.json, results.md, curves.png, randomization.png and randomization_maps.png "
-          f"into {args.out} ({report['seconds']:.0f} s)")
+    write_outputs(report, Path(args.out), command.strip(), example)
+    written = sorted(p.name for p in Path(args.out).iterdir())
+    print(f"wrote {', '.join(written[:-1])} and {written[-1]} into {args.out} ({report['seconds']:.0f} s)")
     return 0
 
 
 if __name__ == "__main__":
-    from cpu_devices import use_compilation_cache, use_one_device_per_core
-    use_one_device_per_core()  # before JAX is imported: each chunk split over the cores
-    use_compilation_cache()
-    sys.exit(main())
+    sys.exit(cli.run(main))

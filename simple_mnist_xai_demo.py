@@ -1,11 +1,13 @@
 """Quick demo, no training and no network: explain one real test digit per class.
 
     python simple_mnist_xai_demo.py                       # -> outputs/quick_demo.png
-    python simple_mnist_xai_demo.py --out my.png --checkpoint checkpoints
+    python simple_mnist_xai_demo.py --out my.png --checkpoint pretrained
 
-Uses the shipped checkpoint (pretrained/) and the shipped sample of MNIST test digits
-(sample_data/, MNIST by LeCun, Cortes and Burges, CC BY-SA 3.0). The figure shows each
-digit, its GradCAM overlay and its saliency map, with prediction and confidence.
+Checkpoint: --checkpoint if given, else checkpoints/ when a training run there has saved a
+step, else the shipped pretrained/. Data: always the 200 real MNIST test digits shipped in
+sample_data/ (MNIST by LeCun, Cortes and Burges, CC BY-SA 3.0): one per class is explained.
+The figure shows each digit, its GradCAM overlay and its saliency map, with prediction and
+confidence; one line per digit is printed, then the path written.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import numpy as np
 
 import cli
 
+if __name__ == "__main__":
+    cli.before_jax(one_device_per_core=False)  # compilation cache: a second run skips compiling
+
 DEFAULT_OUT = Path("outputs") / "quick_demo.png"
 
 
@@ -26,11 +31,12 @@ def pick_one_per_class(labels: np.ndarray) -> np.ndarray:
 
 
 def run_quick_demo(out: str | os.PathLike = DEFAULT_OUT, checkpoint: str | None = None) -> list[dict]:
-    """Write the figure to ``out`` and return one dict per digit (label, prediction, confidence)."""
+    """Write the figure to ``out`` and return one dict per digit (label, prediction, confidence).
+
+    ``checkpoint`` None: the shipped pretrained/. The figure is a matplotlib Figure of its own
+    (no pyplot state), so calling this in a notebook leaves its backend alone."""
     import jax
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     import mnist_xai_visualizations as X
     from mnist_checkpoint import load_checkpoint
@@ -47,7 +53,8 @@ def run_quick_demo(out: str | os.PathLike = DEFAULT_OUT, checkpoint: str | None 
     confidence = np.asarray(jax.nn.softmax(logits)).max(-1)
     gradcam, saliency = np.asarray(X.normalize_maps(gradcam)), np.asarray(X.normalize_maps(saliency))
 
-    fig, axes = plt.subplots(3, 10, figsize=(15, 5.2))
+    fig = Figure(figsize=(15, 5.2))
+    axes = fig.subplots(3, 10)
     for i in range(10):
         axes[0, i].imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
         ok = "" if preds[i] == sample.labels[idx[i]] else " ✗"
@@ -62,40 +69,28 @@ def run_quick_demo(out: str | os.PathLike = DEFAULT_OUT, checkpoint: str | None 
     fig.suptitle("One MNIST test digit per class: what the CNN looks at "
                  "(MNIST: LeCun, Cortes, Burges, CC BY-SA 3.0)", fontsize=11)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    try:
+    cli.remove_temporaries(out)  # what a killed run left
+    with cli.atomic_file(out) as tmp:  # never a half-written figure, nor a temporary one left
         fig.savefig(tmp, dpi=90)
-        os.replace(tmp, out)  # never leave a half-written figure behind
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)  # there only if saving or the rename failed
     return [{"label": int(sample.labels[idx[i]]), "prediction": int(preds[i]),
              "confidence": float(confidence[i])} for i in range(10)]
 
 
 def main(argv=None) -> int:
+    from mnist_checkpoint import CHECKPOINT_FALLBACK, default_checkpoint
+
     parser = cli.parser(__doc__)
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="PNG to write (default: %(default)s)")
-    parser.add_argument("--checkpoint", help="checkpoint folder (default: the shipped pretrained/)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), metavar="PNG", help="PNG to write (default: %(default)s)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help=f"a workdir or step folder (default: {CHECKPOINT_FALLBACK})")
     args = parser.parse_args(argv)
     if not args.out.lower().endswith(".png"):
         parser.error(f"--out: expected a .png path, got {args.out}")
     if Path(args.out).is_dir():
         parser.error(f"--out: expected a .png file path, got the folder {args.out}")
-    from mnist_checkpoint import CheckpointError
-    from mnist_data import MNISTDataError
 
     t0 = time.perf_counter()
-    try:
-        rows = run_quick_demo(args.out, args.checkpoint)
-    except (CheckpointError, MNISTDataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot write {args.out}: {e.strerror}", file=sys.stderr)
-        return 2
+    rows = run_quick_demo(args.out, args.checkpoint or default_checkpoint())
     for r in rows:
         mark = "" if r["label"] == r["prediction"] else "   <- wrong"
         print(f"digit {r['label']}: predicted {r['prediction']} ({100 * r['confidence']:.1f}%){mark}")
@@ -104,6 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from cpu_devices import use_compilation_cache
-    use_compilation_cache()  # before JAX is imported: a second run skips compiling
-    sys.exit(main())
+    sys.exit(cli.run(main))

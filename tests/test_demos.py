@@ -1,4 +1,6 @@
-"""Both demos end to end on the shipped digits and checkpoint, and the notebook."""
+"""Both demos end to end on the shipped digits and checkpoint, the notebook, and what every
+script's --help says."""
+import json
 import os
 import re
 import subprocess
@@ -12,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args, cwd=ROOT):
-    env = {k: v for k, v in os.environ.items() if k != "MNIST_DATA_DIR"}  # the shipped digits
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_DATA_DIR", "TFDS_DATA_DIR")}  # the shipped digits
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**env, "TFDS_DATA_DIR": str(Path(cwd) / "no-tfds-here")})
 
 
 def _png(path: Path) -> np.ndarray:
@@ -24,8 +27,10 @@ def _png(path: Path) -> np.ndarray:
 
 def test_quick_demo_writes_the_figure(tmp_path):
     out = tmp_path / "quick.png"
-    proc = _run(str(ROOT / "simple_mnist_xai_demo.py"), "--out", str(out))
+    (tmp_path / ".quick.123-0a1b2c3d.tmp.png").write_bytes(b"left by a killed run")
+    proc = _run(str(ROOT / "simple_mnist_xai_demo.py"), "--out", str(out), cwd=tmp_path)  # no checkpoints/ here
     assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quick.png"]
     img = _png(out)
     assert img.shape[:2] == (468, 1350)  # 15 x 5.2 inches at 90 dpi
     assert img[..., :3].var() > 0.01
@@ -104,6 +109,39 @@ def test_full_demo_on_shipped_digits(tmp_path):
         assert img[..., :3].var() > 1e-3, f"{name} looks blank"
         assert f"({name})" in report, f"report does not link {name}"
     assert "Accuracy: **" in report and "200 digits" in report and "guessed to be confused" in report
+    # The last line names every file written, and those are all the folder holds.
+    assert proc.stdout.strip().splitlines()[-1] == (
+        "wrote gallery.png, class_average_maps.png, confusion_matrix.png, contrastive.png, misclassified.png, "
+        f"report.md and summary.json into {out}")
+    assert sorted(p.name for p in out.iterdir()) == sorted(demo_mnist_xai.OUTPUT_FILES)
+    assert json.loads((out / "summary.json").read_text())["num_images"] == 200
+    assert proc.stdout.startswith("note: no MNIST test set found")  # the sample stands in, and says so
+
+
+def test_full_demo_refuses_an_out_folder_holding_other_files(tmp_path):
+    """--out must be new or a previous demo's output (its files, and temporaries of them that a
+    killed run left), checked before any work; nothing in a refused folder is touched."""
+    import demo_mnist_xai
+    from mnist_checkpoint import check_output_folder
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    (mine / "gallery.png").write_bytes(b"x")
+    proc = _run(str(ROOT / "demo_mnist_xai.py"), "--out", str(mine), "--no-progress")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"--out {mine}: expected a new folder or a previous output, found other files in it (thesis.tex)" in lines[0]
+    assert sorted(p.name for p in mine.iterdir()) == ["gallery.png", "thesis.tex"]
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    for name in demo_mnist_xai.OUTPUT_FILES:
+        (previous / name).write_text("")
+    (previous / ".gallery.4242-0a1b2c3d.tmp.png").write_bytes(b"")
+    check_output_folder(previous, demo_mnist_xai.OUTPUT_FILES, "--out")  # accepted
+    (tmp_path / "afile").write_text("")
+    proc = _run(str(ROOT / "demo_mnist_xai.py"), "--out", str(tmp_path / "afile"))
+    assert proc.returncode == 2 and "expected a folder (new or a previous output), found a file" in proc.stderr
 
 
 def test_full_demo_mistakes_known_answer(tmp_path):
@@ -116,8 +154,12 @@ def test_full_demo_mistakes_known_answer(tmp_path):
     labels = sample.labels.copy()
     for true, shown_as, count in ((4, 9, 3), (3, 8, 2), (5, 6, 1)):
         labels[np.flatnonzero(sample.labels == true)[:count]] = shown_as
+    import matplotlib
+    import matplotlib.pyplot as plt
+    backend = matplotlib.get_backend()
     summary = demo_mnist_xai.run_demo(sample.images, labels, tmp_path, str(ROOT / "pretrained"), "relabelled",
                                       progress=False)
+    assert matplotlib.get_backend() == backend and plt.get_fignums() == []  # no backend chosen, no pyplot state
     assert summary["errors"] == 6 and summary["accuracy"] == 34 / 40
     assert summary["top_confusions"] == [{"true": 9, "predicted": 4, "count": 3},
                                          {"true": 8, "predicted": 3, "count": 2},
@@ -139,6 +181,10 @@ def test_full_demo_reads_the_tfds_test_split(tmp_path, monkeypatch):
     """--tfds hands tensorflow-datasets' test split to the demo (offline, under tfds' mock data)."""
     tfds = pytest.importorskip("tensorflow_datasets")
     import demo_mnist_xai
+    import mnist_data
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(mnist_data, "network_problem", lambda *a, **k: None)  # mock data: nothing is fetched
 
     seen = {}
 
@@ -148,7 +194,7 @@ def test_full_demo_reads_the_tfds_test_split(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo_mnist_xai, "run_demo", fake_run_demo)
     with tfds.testing.mock_data(num_examples=12):
-        assert demo_mnist_xai.main(["--tfds", "--out", str(tmp_path), "--no-progress", "--num-images", "5"]) == 0
+        assert demo_mnist_xai.main(["--tfds", "--out", str(tmp_path / "out"), "--no-progress", "--num-images", "5"]) == 0
     assert seen["images"].shape == (5, 28, 28, 1) and seen["images"].dtype == np.uint8
     assert seen["labels"].shape == (5,) and seen["images"].max() > 0
     assert seen["data_name"] == "the first 5 digits of tensorflow-datasets mnist test split"
@@ -161,16 +207,59 @@ def test_full_demo_bad_arguments(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_notebook_runs_offline():
+NOTEBOOK = ROOT / "notebooks" / "mnist_xai_quickstart.ipynb"
+
+
+def _notebook_figures(nb) -> list[tuple[int, tuple[int, int]]]:
+    """(cell index, (height, width)) of every PNG a code cell displays."""
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+    out = []
+    for i, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if o.get("output_type") == "display_data" and "image/png" in o.get("data", {}):
+                img = mpimg.imread(io.BytesIO(base64.b64decode(o["data"]["image/png"])), format="png")
+                assert img[..., :3].var() > 1e-3, f"cell {i}: a blank figure"
+                out.append((i, img.shape[:2]))
+    return out
+
+
+def _notebook_text(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+
+
+def test_notebook_runs_offline_and_shows_its_figures_and_predictions():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(ROOT / "notebooks" / "mnist_xai_quickstart.ipynb", as_version=4)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(ROOT / "notebooks")}})
     client.execute()  # raises CellExecutionError if any cell fails
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
-    assert not any(o.get("output_type") == "error" for o in outputs)
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    _check_notebook_outputs(nb)
+
+
+def _check_notebook_outputs(nb) -> None:
+    """The GradCAM figure (7 x 2.6 inches at 80 dpi), the methods side by side (2 x 2.4 inches
+    each), and the printed label, prediction and logit of the explained digit."""
+    import mnist_xai_visualizations as X
+    assert [shape for _, shape in _notebook_figures(nb)] == [(208, 560), (192, 160 * len(X.METHODS))]
+    text = _notebook_text(nb)
+    assert re.search(r"label: 9 \| checkpoint test accuracy: 0\.99\d+", text), text
+    assert re.search(r"predicted 9, logit -?\d+\.\d\d, heatmap \(28, 28\) in \[0\.0, 1\.0\]", text), text
+
+
+def test_committed_notebook_holds_its_outputs_and_is_small():
+    """Browsing the repository shows the figures and printed results: the notebook is
+    committed executed, as the test above runs it, in under 300 KB."""
+    nbformat = pytest.importorskip("nbformat")
+    assert NOTEBOOK.stat().st_size < 300_000
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    _check_notebook_outputs(nb)
+    assert all(c.get("execution_count") for c in nb.cells if c.cell_type == "code")
 
 
 def test_most_confused_pairs_keep_ties_in_a_fixed_order():
@@ -202,13 +291,79 @@ def test_command_line_errors_are_one_line(script, args, message):
     assert len(lines) == 1 and message in lines[0] and f"(see {script} --help)" in lines[0], proc.stderr
 
 
-def test_full_demo_default_checkpoint_is_a_training_run_else_the_shipped_one(tmp_path, monkeypatch):
-    from demo_mnist_xai import default_checkpoint
-    from mnist_checkpoint import CKPT_SUBDIR
+def test_default_checkpoint_is_a_training_run_else_the_shipped_one(tmp_path, monkeypatch):
+    from mnist_checkpoint import CKPT_SUBDIR, PRETRAINED_DIR, default_checkpoint
 
     monkeypatch.chdir(tmp_path)
-    assert default_checkpoint() is None  # no checkpoints/: the shipped pretrained/
+    assert default_checkpoint() == str(PRETRAINED_DIR)  # no checkpoints/: the shipped pretrained/
     (tmp_path / "checkpoints" / CKPT_SUBDIR).mkdir(parents=True)
-    assert default_checkpoint() is None  # a run that saved nothing yet
+    assert default_checkpoint() == str(PRETRAINED_DIR)  # a run that saved nothing yet
+    (tmp_path / "checkpoints" / CKPT_SUBDIR / "4690.orbax-checkpoint-tmp-1").mkdir()
+    assert default_checkpoint() == str(PRETRAINED_DIR)  # nor a step half-written
     (tmp_path / "checkpoints" / CKPT_SUBDIR / "4690").mkdir()
     assert default_checkpoint() == "checkpoints"
+
+
+SCRIPTS = ("train_mnist.py", "demo_mnist_xai.py", "evaluate_xai.py", "simple_mnist_xai_demo.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_help_states_the_default_rules_and_runnable_examples(script):
+    """One rule for defaults, said in each --help; every flag explained; examples that run
+    from a clone (no paths outside it)."""
+    proc = _run(str(ROOT / script), "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    assert "checkpoints/ when a training run there has saved a step, else the shipped pretrained/" in text
+    if script != "simple_mnist_xai_demo.py":  # the quick demo reads only the shipped digits
+        assert "else $MNIST_DATA_DIR, else a copy tensorflow-datasets has prepared" in text
+        assert "requirements-tfds.txt" in text
+    if script in ("demo_mnist_xai.py", "evaluate_xai.py"):
+        assert "else the 200 real test digits shipped in sample_data/ (with a note)" in text
+    assert "../" not in proc.stdout and "shared/data" not in proc.stdout
+    options = proc.stdout[proc.stdout.index("options:"):].splitlines()[1:]
+    for i, line in enumerate(options):  # argparse: help after two spaces on the flag's line, or below it
+        if line.startswith("  -"):
+            below = options[i + 1] if i + 1 < len(options) else ""
+            has_help = "  " in line.strip() or (below.startswith("    ") and not below.strip().startswith("-"))
+            assert has_help, f"{script}: {line.strip()} has no help text"
+    if script == "evaluate_xai.py":
+        import mnist_xai_visualizations as X
+        assert "from: " + ", ".join(X.METHODS) in text
+
+
+def test_library_code_chooses_no_matplotlib_backend():
+    """matplotlib.use() in a function switches a notebook's inline backend off: only the
+    scripts' preamble (cli.before_jax) picks Agg, through MPLBACKEND, when run as scripts."""
+    for name in ("train_mnist.py", "demo_mnist_xai.py", "simple_mnist_xai_demo.py", "evaluate_xai.py",
+                 "mnist_checkpoint.py", "mnist_data.py", "cli.py"):
+        source = (ROOT / name).read_text()
+        assert "matplotlib.use(" not in source and "matplotlib.pyplot" not in source and "plt." not in source, name
+
+
+def test_quick_demo_leaves_the_callers_backend_and_pyplot_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from simple_mnist_xai_demo import run_quick_demo
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for a notebook's inline backend
+    try:
+        rows = run_quick_demo(tmp_path / "q.png", str(ROOT / "pretrained"))
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
+    finally:
+        matplotlib.use(before)
+    assert [r["label"] for r in rows] == list(range(10)) and _png(tmp_path / "q.png").shape[:2] == (468, 1350)
+
+
+def test_readme_snippet_runs_from_the_repository_root_and_prints_what_it_says(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "repository root" in code.splitlines()[0]
+    promised = [line for line in code.splitlines() if line.startswith("# prints: ")]
+    assert len(promised) == 1
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "MNIST_DATA_DIR"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == promised[0][len("# prints: "):]
