@@ -14,8 +14,9 @@ filled; ``evaluate_xai.py`` 64 s and 14 s; on the 2-core CPU a one-epoch run of 
 ``~/.cache/mnist_xai/jax``); ``MNIST_XAI_COMPILE_CACHE=off`` turns it off, and a
 ``JAX_COMPILATION_CACHE_DIR`` already set is left as it is.
 
-Library modules never call these; the quickstart notebook calls the first in its first
-cell, and a notebook that imports JAX first keeps JAX's default of one CPU device.
+Library modules never call these; the scripts call both through ``cli.before_jax()``, their
+shared ``__main__`` preamble. The quickstart notebook calls the first in its first cell, and a
+notebook that imports JAX first keeps JAX's default of one CPU device.
 """
 import os
 import sys

@@ -458,6 +458,30 @@ def test_import_does_not_pull_in_tensorflow():
     assert result.returncode == 0, result.stderr
 
 
+def _requirements(name: str) -> list[str]:
+    """The pins a requirements file installs, following its ``-r`` includes."""
+    pins = []
+    for line in (REPO_ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            pins += _requirements(line[3:].strip())
+        elif line:
+            pins.append(line)
+    return pins
+
+
+def test_runtime_requirements_leave_tensorflow_out():
+    """pip install -r requirements.txt: no TensorFlow (1.3 GB); the tfds extras are their own
+    file, which the development requirements (tfds' mock data in these tests) include."""
+    runtime = [p.split("==")[0].lower() for p in _requirements("requirements.txt")]
+    assert not [p for p in runtime if p.startswith(("tensorflow", "tf-", "importlib"))], runtime
+    tfds = [p.split("==")[0].lower() for p in _requirements("requirements-tfds.txt")]
+    assert set(tfds) - set(runtime) == {"tensorflow-datasets", "tensorflow-cpu", "importlib_resources"}
+    dev = [p.split("==")[0].lower() for p in _requirements("requirements-dev.txt")]
+    assert set(tfds) <= set(dev) and "pytest-timeout" in dev
+    assert all("==" in p for p in _requirements("requirements-dev.txt")), "every requirement pinned"
+
+
 # --------------------------------------------------------------------------- tensorflow-datasets
 
 @pytest.fixture

@@ -367,3 +367,17 @@ def test_readme_snippet_runs_from_the_repository_root_and_prints_what_it_says(tm
                           env={k: v for k, v in os.environ.items() if k != "MNIST_DATA_DIR"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == promised[0][len("# prints: "):]
+
+
+def test_readme_test_command_is_what_ci_runs():
+    """The README's test line and .ci/run's pytest line are one command: the 15 slowest tests
+    listed, a hung test failing after 300 s (pytest-timeout, pinned in requirements-dev.txt)."""
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme_cmd = [line for line in readme.splitlines() if "python -m pytest" in line]
+    ci_cmd = [line for line in ci.splitlines() if line.startswith("python -m pytest")]
+    assert len(readme_cmd) == 1 and len(ci_cmd) == 1
+    command = readme_cmd[0].split("&&", 1)[1].split("#")[0].strip()
+    assert command == ci_cmd[0].strip()
+    assert "--durations=15" in command and "--timeout=300" in command
+    assert "pip install -r requirements-dev.txt" in readme_cmd[0]
