@@ -141,8 +141,8 @@ def to_mnist(image, return_info: bool = False):
     ink, inverted, factor = ink_map(image)
     peak = float(ink.max())
     if peak < MIN_CONTRAST:
-        raise NoInkError("no ink found: the image is blank (nothing differs from the background "
-                         f"by {MIN_CONTRAST:.0%} or more) - draw a digit")
+        raise NoInkError("no ink found: the image is blank or one flat tone (nothing differs from the "
+                         f"background by {MIN_CONTRAST:.0%} or more) - draw a digit")
     ink = ink / peak
     ink[ink < NOISE] = 0.0
     rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))

@@ -1,0 +1,153 @@
+"""How fast the explorer (explore_mnist_xai.py) answers, in server time, and how fast it starts.
+
+    python benchmarks/bench_explorer.py                 # all figures
+    python benchmarks/bench_explorer.py --repeats 20 --skip-startup
+
+Prints, for a new drawing sent as the page's canvas sends it (a PNG data URL, decoded,
+preprocessed with mnist_preprocess, explained, rendered to the page's HTML):
+  - first answer: prediction + GradCAM + saliency maps on the page
+  - + their deletion AUCs
+  - all eight methods with their AUCs
+for one model, for "why the prediction and not k" (two target rows), and for two models; and
+the start-up of `python explore_mnist_xai.py` to a page that answers (the compiled programs
+on disk from a first start), with the time until every method is ready. The machine's load
+is printed too: these are wall-clock times, and a busy machine slows them. Not a test.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cli  # noqa: E402
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    return f"{cpu}, {os.cpu_count()} cores; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+
+
+def drawings(n: int):
+    """Canvas data URLs of real MNIST digits drawn large (as a user would), different each time."""
+    import numpy as np
+    from PIL import Image
+
+    import explore_mnist_xai as E
+    from mnist_data import load_sample_digits
+
+    s = load_sample_digits()
+    out = []
+    for i in range(n):
+        big = np.asarray(Image.fromarray(s.images[i % len(s.labels), :, :, 0]).resize((E.CANVAS, E.CANVAS), Image.BILINEAR))
+        rgba = np.zeros((E.CANVAS, E.CANVAS, 4), np.uint8)
+        rgba[..., 3] = big
+        out.append(E.png_data_url(rgba))
+    return out
+
+
+def time_handler(app, values, target="none"):
+    """Per request: seconds to the first answer, to the first stage's AUCs, to the end."""
+    rows = []
+    for v in values:
+        t0 = time.perf_counter()
+        marks = []
+        for out in app.on_canvas(v, target):
+            marks.append(time.perf_counter() - t0)
+        assert 'data-kind="done"' in out[1], out[1]
+        rows.append((marks[0], marks[1], marks[-1]))
+    return rows
+
+
+def summary(rows, label):
+    import numpy as np
+
+    a = np.asarray(rows) * 1000
+    med, p90 = np.median(a, 0), np.percentile(a, 90, 0)
+    print(f"{label:44s} first answer {med[0]:6.0f} ms (p90 {p90[0]:5.0f})   + AUCs {med[1]:6.0f} ms (p90 {p90[1]:5.0f})"
+          f"   all eight + AUCs {med[2]:6.0f} ms (p90 {p90[2]:5.0f})", flush=True)
+
+
+def latency(repeats: int) -> None:
+    import explore_mnist_xai as E
+    from mnist_data import load_sample_digits
+
+    models = E.load_models(None)
+    samples = load_sample_digits()
+    one = E.App(E.Explorer(models), samples)
+    t0 = time.perf_counter()
+    one.explorer.warm_up()
+    print(f"warm-up in this process: {time.perf_counter() - t0:.1f} s", flush=True)
+    values = drawings(repeats)
+    time_handler(one, values[:2])  # the page's first renders import matplotlib's colormaps
+    summary(time_handler(one, values), "one model, predicted class")
+    summary(time_handler(one, values, "3"), "one model, predicted and class 3")
+    two = E.App(E.Explorer(E.load_models(None) * 2), samples)
+    two.explorer.warm_up()
+    summary(time_handler(two, values), "two models, predicted class")
+
+
+def startup(port: int) -> None:
+    env = dict(os.environ)
+    cmd = [sys.executable, str(ROOT / "explore_mnist_xai.py"), "--port", str(port)]
+    for attempt in ("first start (fills the compile cache if empty)", "second start (programs on disk)"):
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = every = page = None
+        try:
+            for line in p.stdout:
+                if "explorer ready" in line and ready is None:
+                    ready = time.perf_counter() - t0
+                    url = re.search(r"(http://\S+)", line).group(1)
+                    with urllib.request.urlopen(url, timeout=30) as r:
+                        assert r.status == 200 and b"<html" in r.read(2000).lower()
+                    page = time.perf_counter() - t0
+                if "every method ready" in line:
+                    every = time.perf_counter() - t0
+                    break
+        finally:
+            p.terminate()
+            try:
+                _, err = p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+        if err.strip():
+            print(f"  stderr: {err.strip().splitlines()[-1][:200]}")
+        print(f"{attempt:48s} page served {page:5.1f} s (first stage warm)   every method ready {every or float('nan'):5.1f} s",
+              flush=True)
+
+
+def main(argv=None) -> int:
+    parser = cli.parser(__doc__)
+    parser.add_argument("--repeats", type=int, default=10, help="drawings per figure (default: %(default)s)")
+    parser.add_argument("--skip-startup", action="store_true", help="only the server-time figures")
+    parser.add_argument("--port", type=int, default=0, help="port for the start-up runs (default: a free one)")
+    args = parser.parse_args(argv)
+    if args.repeats < 2:
+        parser.error(f"--repeats: expected at least 2, got {args.repeats}")
+    print(f"machine: {machine()}")
+    if not args.skip_startup:
+        import explore_mnist_xai as E
+        startup(args.port or E.free_port("127.0.0.1"))
+    latency(args.repeats)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    from cpu_devices import use_compilation_cache
+    use_compilation_cache()
+    sys.exit(main())
