@@ -463,10 +463,10 @@ def render_model(r: ModelResult | None, image: np.ndarray | None, pending=(), in
                 auc_text = f"deletion AUC {auc[j]:.3f}" if auc is not None else "deletion AUC …"
                 cells.append(f'<div class="xe-cell" data-target="{t}"><img class="xe-px" src="{r.pictures[method][j]}" '
                              f'alt="{TITLES.get(method, method)} map for class {t}" width="96" height="96">'
-                             f'<div class="xe-auc">{t} ({label}): {auc_text}</div></div>')
+                             f'<div class="xe-auc">class {t} ({label})<br>{auc_text}</div></div>')
             else:
                 cells.append(f'<div class="xe-cell pending" data-target="{t}"><div class="xe-spin">computing…</div>'
-                             f'<div class="xe-auc">{t} ({label})</div></div>')
+                             f'<div class="xe-auc">class {t} ({label})<br>&nbsp;</div></div>')
         state = "done" if method in r.maps else "pending"
         figures.append(f'<figure class="xe-map {state}" data-method="{method}"><figcaption>{TITLES.get(method, method)}'
                        f'</figcaption><div class="xe-pair">{"".join(cells)}</div></figure>')
@@ -643,12 +643,16 @@ CSS = """
 .xe-map { margin: 0; border: 1px solid #eee; border-radius: 4px; padding: 4px; }
 .xe-map figcaption { font-weight: bold; }
 .xe-pair { display: flex; gap: 6px; }
-.xe-cell { display: flex; flex-direction: column; align-items: center; font-size: 0.8em; }
+.xe-cell { display: flex; flex-direction: column; align-items: center; font-size: 0.8em; text-align: center; }
 .xe-cell.pending .xe-spin { width: 96px; height: 96px; display: flex; align-items: center; justify-content: center;
   background: #f3f3f3; color: #888; }
 .xe-wait { color: #666; padding: 12px 0; }
 .xe-error { color: #b00020; }
 #xe-samples img { image-rendering: pixelated; }
+#xe-samples .grid-container { grid-template-columns: repeat(auto-fill, minmax(56px, 1fr)) !important;
+  grid-auto-rows: auto !important; gap: 6px !important; }
+#xe-samples .thumbnail-item { width: 100% !important; height: auto !important; aspect-ratio: 1; }
+#xe-samples .caption-label { font-size: 0.7em; padding: 0 3px; }
 """
 
 HELP = f"""
@@ -658,8 +662,10 @@ evidence *for* the class. Under each map, its **deletion AUC** for this digit: t
 removed (set to black) in the map's order, most important first, in {DELETION_STEPS} steps, and the
 area under the class-probability curve is taken. **Lower = more faithful**: the map found the
 pixels the prediction rests on (0 would mean the probability vanishes at once). Compare AUCs
-within one digit; they vary from digit to digit. Options apply to the four slower methods; a
-setting used for the first time compiles once (a few seconds).
+between methods for the same digit and class: they vary from digit to digit, and a class the
+model gives little probability to (the compared class, usually) has a small AUC whatever the
+map, since its curve starts near 0. Options apply to the four slower methods; a setting used for
+the first time compiles once (a few seconds).
 """
 
 
@@ -682,9 +688,9 @@ def build_app(app: App):
             with gr.Column(scale=2, min_width=320):
                 picker = None
                 if samples is not None:
-                    picker = gr.Gallery(value=[(samples.images[i, :, :, 0], f"#{i}: {samples.labels[i]}")
+                    picker = gr.Gallery(value=[(samples.images[i, :, :, 0], str(samples.labels[i]))
                                                for i in range(len(samples.labels))],
-                                        label="…or pick a shipped MNIST test digit", columns=12, height=300,
+                                        label="…or pick a shipped MNIST test digit", columns=8, height=300,
                                         allow_preview=False, elem_id="xe-samples", show_label=True, buttons=[],
                                         object_fit="contain")
                     gr.Markdown(f"<small>{MNIST_CREDIT}</small>")
