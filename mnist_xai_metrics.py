@@ -93,6 +93,12 @@ def _interior_curves(target, steps: int, baseline: float):
 
 
 @functools.lru_cache(maxsize=16)
+def _compiled_probs(target):
+    """The softmax of the model's logits, compiled once per model (the curves' two ends)."""
+    return jax.jit(lambda v, x: jax.nn.softmax(target.logits(v, x)))
+
+
+@functools.lru_cache(maxsize=16)
 def _compiled_curves(target, steps: int, baseline: float):
     return split_over_devices(_interior_curves(target, steps, baseline), (False, True, True, True))
 
@@ -126,12 +132,12 @@ def deletion_insertion(model, params, batch_stats, images, maps, targets, steps:
     chunk = whole_number("chunk", chunk if chunk is not None else 4 if on_cpu() else 64)
     if probs is not None and np.shape(probs)[:1] != (n,):
         raise ValueError(f"probs: expected one row of class probabilities per image ({n}), got shape {np.shape(probs)}")
+    forward = _compiled_probs(target)
     if probs is None:
-        forward = jax.jit(lambda v, x: jax.nn.softmax(target.logits(v, x)))
         (probs,) = in_chunks(lambda x: (forward(variables, x),), (images,), 1000)
     original = np.asarray(probs)[np.arange(n), targets]
     empty = np.full((1, *images.shape[1:]), baseline, np.float32)
-    black = np.asarray(jax.nn.softmax(target.logits(variables, empty)))[0, targets]
+    black = np.asarray(forward(variables, empty))[0, targets]
     fn, devices = _compiled_curves(target, int(steps), baseline)
     chunk = -(-chunk // devices) * devices
     deleted, inserted = in_chunks(lambda x, m, t: fn(variables, x, m, t), (images, maps, targets), chunk, devices,
