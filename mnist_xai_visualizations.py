@@ -59,7 +59,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, PartitionSpec as P
 
 from cli import first_line
-from mnist_cnn_model import max_pool_2x2, shape_mismatch
+from mnist_cnn_model import expected_shapes, max_pool_2x2, shape_mismatch
 
 NUM_CLASSES = 10
 IMAGE_HW = (28, 28)
@@ -339,7 +339,8 @@ class ExplainedModel:
         self.split = self.module is not None and all(callable(getattr(model, m, None)) for m in ("features", "head"))
         self.incremental = self.module is not None and all(
             callable(getattr(model, m, None)) for m in ("segments", "stem", "conv_block"))
-        self._shapes: dict = {}
+        self._classes: dict = {}  # image shape -> logits' width
+        self._layers: dict = {}   # (layer asked for, image shape) -> the layer explained
 
     # -- input checks (host side, before anything is compiled)
 
@@ -364,7 +365,6 @@ class ExplainedModel:
         if batch_stats is not None and (not hasattr(batch_stats, "keys") or len(batch_stats)):
             variables["batch_stats"] = batch_stats
         try:
-            from mnist_cnn_model import expected_shapes
             wanted = {name.split("/")[0] for name in expected_shapes(self.module, tuple(image_shape))}
         except Exception:  # unhashable, or an init that needs more than images: nothing to check against
             return variables
@@ -383,7 +383,7 @@ class ExplainedModel:
         """The logits' width for these images' shape; ValueError if they do not fit the model
         or it does not return (N, classes) logits. Traced once per image shape."""
         key = images.shape[1:]
-        if key not in self._shapes:
+        if key not in self._classes:
             spec = jax.ShapeDtypeStruct((1, *key), jnp.float32)
             try:
                 out = jax.eval_shape(self.logits, variables, spec)
@@ -393,8 +393,8 @@ class ExplainedModel:
                 shape = getattr(out, "shape", type(out).__name__)
                 raise ValueError(f"model: expected {self.name} to return logits of shape (N, classes), "
                                  f"got {shape} for one image")
-            self._shapes[key] = int(out.shape[1])
-        return self._shapes[key]
+            self._classes[key] = int(out.shape[1])
+        return self._classes[key]
 
     # -- traced
 
@@ -448,9 +448,9 @@ class ExplainedModel:
             return None
         if self.module is None:
             raise ValueError(f"layer: a CAM method needs a flax.linen Module to reach a layer in, got {self.name}")
-        key = ("layer", layer, tuple(image_shape))
-        if key in self._shapes:
-            return self._shapes[key]
+        key = (layer, tuple(image_shape))
+        if key in self._layers:
+            return self._layers[key]
         seen = self.layers(variables, image_shape)
         shapes = dict(seen)
         if layer is None:
@@ -466,7 +466,7 @@ class ExplainedModel:
                              f"{shapes[layer]} for one image")
         else:
             chosen = layer
-        self._shapes[key] = chosen
+        self._layers[key] = chosen
         return chosen
 
 
@@ -868,7 +868,6 @@ class IntegratedGradients(Explainer):
         _baseline_for(self.baseline, images.shape[1:])
 
     def _maps(self, variables, images, targets, key):
-        n = images.shape[0]
         baseline = jnp.broadcast_to(jnp.asarray(_baseline_for(self.baseline, images.shape[1:])), images.shape)
         logits = self.logits(variables, images)
         t = _resolve_targets(logits, targets)
@@ -928,7 +927,6 @@ class SmoothGrad(Explainer):
         super().__init__(model, chunk_size)
 
     def _maps(self, variables, images, targets, key):
-        n = images.shape[0]
         logits = self.logits(variables, images)
         t = _resolve_targets(logits, targets)
         if self.input_range is not None:
