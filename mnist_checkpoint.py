@@ -236,7 +236,8 @@ def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test
         manager.close()
         workdir = step_dir.parent.parent
         metrics = {"test_accuracy": float(test_accuracy), "history": meta.get("history", []),
-                   **{k: meta[k] for k in ("model", "train_config", "data_source", "num_params") if k in meta}}
+                   **{k: meta[k] for k in ("model", "train_config", "data_source", "num_params", "temperature",
+                                             "calibration") if k in meta}}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the folder is swapped in whole
         if (workdir / "training_curves.png").exists():
             shutil.copy(workdir / "training_curves.png", tmp / "training_curves.png")
