@@ -66,13 +66,21 @@ def _as_maps(maps, n: int, hw: tuple[int, int] = (28, 28)) -> np.ndarray:
 # ----------------------------------------------------------------------------- deletion / insertion
 
 
+def positive_temperature(value) -> float:
+    """A softmax temperature: a finite number > 0 (ValueError naming ``temperature`` otherwise)."""
+    t = finite_number("temperature", value)
+    if t <= 0:
+        raise ValueError(f"temperature: expected a finite number > 0, got {value!r}")
+    return t
+
+
 def _auc(curve: jax.Array) -> jax.Array:
     """Trapezoidal area under curves (..., S+1) sampled at x = 0, 1/S, ..., 1."""
     s = curve.shape[-1] - 1
     return (curve[..., 1:] + curve[..., :-1]).sum(-1) / (2 * s)
 
 
-def _interior_curves(target, steps: int, baseline: float):
+def _interior_curves(target, steps: int, baseline: float, temperature: float = 1.0):
     """For a chunk: deletion and insertion probabilities at the interior steps 1..steps-1."""
 
     def curves(variables, images, maps, targets):
@@ -85,7 +93,7 @@ def _interior_curves(target, steps: int, baseline: float):
         deleted = jnp.where(top, baseline, images[None])
         inserted = jnp.where(top, images[None], baseline)
         batch = jnp.concatenate([deleted, inserted]).reshape(-1, h, w, c)
-        probs = jax.nn.softmax(target.logits(variables, batch)).reshape(2, steps - 1, n, -1)
+        probs = jax.nn.softmax(target.logits(variables, batch) / temperature).reshape(2, steps - 1, n, -1)
         p = jnp.take_along_axis(probs, targets[None, None, :, None], 3)[..., 0]  # (2, S-1, n)
         return p[0].T, p[1].T
 
@@ -93,18 +101,18 @@ def _interior_curves(target, steps: int, baseline: float):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_probs(target):
-    """The softmax of the model's logits, compiled once per model (the curves' two ends)."""
-    return jax.jit(lambda v, x: jax.nn.softmax(target.logits(v, x)))
+def _compiled_probs(target, temperature: float = 1.0):
+    """The softmax of the model's logits / T, compiled once per model and T (the curves' two ends)."""
+    return jax.jit(lambda v, x: jax.nn.softmax(target.logits(v, x) / temperature))
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_curves(target, steps: int, baseline: float):
-    return split_over_devices(_interior_curves(target, steps, baseline), (False, True, True, True))
+def _compiled_curves(target, steps: int, baseline: float, temperature: float):
+    return split_over_devices(_interior_curves(target, steps, baseline, temperature), (False, True, True, True))
 
 
 def deletion_insertion(model, params, batch_stats, images, maps, targets, steps: int = 16, chunk: int | None = None,
-                       probs=None, progress=None, baseline: float = 0.0):
+                       probs=None, progress=None, baseline: float = 0.0, temperature: float = 1.0):
     """Curves (N, steps + 1) and AUCs (N,) for deletion and insertion, as a dict of numpy arrays.
 
     ``model, params, batch_stats, images`` as for the explainers (any flax module or logits
@@ -118,6 +126,8 @@ def deletion_insertion(model, params, batch_stats, images, maps, targets, steps:
     Chunks of ``chunk`` images x 2 (steps - 1) perturbed images go through the network as
     one batch, split over the local devices; by default 4 on a CPU (small calls stay in
     cache), 64 on accelerators. ``progress(images_done)`` is called after each chunk.
+    ``temperature`` T > 0: the curves track softmax(logits / T), the calibrated probability of a
+    checkpoint that stores its T (``mnist_calibration``); ``probs``, if given, must use the same T.
     """
     target = explained(model)
     images = target.images(images)
@@ -129,16 +139,17 @@ def deletion_insertion(model, params, batch_stats, images, maps, targets, steps:
     targets = as_targets(targets, n, target.num_classes(variables, images))
     steps = whole_number("steps", steps, 2)
     baseline = finite_number("baseline", baseline)
+    temperature = positive_temperature(temperature)
     chunk = whole_number("chunk", chunk if chunk is not None else 4 if on_cpu() else 64)
     if probs is not None and np.shape(probs)[:1] != (n,):
         raise ValueError(f"probs: expected one row of class probabilities per image ({n}), got shape {np.shape(probs)}")
-    forward = _compiled_probs(target)
+    forward = _compiled_probs(target, temperature)
     if probs is None:
         (probs,) = in_chunks(lambda x: (forward(variables, x),), (images,), 1000)
     original = np.asarray(probs)[np.arange(n), targets]
     empty = np.full((1, *images.shape[1:]), baseline, np.float32)
     black = np.asarray(forward(variables, empty))[0, targets]
-    fn, devices = _compiled_curves(target, int(steps), baseline)
+    fn, devices = _compiled_curves(target, int(steps), baseline, temperature)
     chunk = -(-chunk // devices) * devices
     deleted, inserted = in_chunks(lambda x, m, t: fn(variables, x, m, t), (images, maps, targets), chunk, devices,
                                   progress)
@@ -228,7 +239,7 @@ def linear_imputation(images: jax.Array, removed: jax.Array, iterations: int = R
     return (1 - r) * x + r * u, residual
 
 
-def _road_curves(model, counts: tuple[int, ...], iterations: int):
+def _road_curves(model, counts: tuple[int, ...], iterations: int, temperature: float = 1.0):
     """For a chunk: target probabilities with the ``counts`` most relevant (MoRF) and least relevant
     (LeRF) pixels imputed, (n, P) each, and the largest relative residual of the solves."""
     counts_arr = np.asarray(counts, np.int32)
@@ -246,7 +257,7 @@ def _road_curves(model, counts: tuple[int, ...], iterations: int):
         filled, residual = linear_imputation(x.reshape(-1, 28, 28), removed.reshape(-1, 28, 28), iterations)
         eps = jax.vmap(lambda k: jax.random.normal(k, (2 * p, 28, 28)))(keys)  # (n, 2P, 28, 28), per image
         filled = filled + noise * removed.reshape(-1, 28, 28) * jnp.moveaxis(eps, 0, 1).reshape(-1, 28, 28)
-        probs = jax.nn.softmax(model.apply(variables, filled[..., None])).reshape(2, p, n, -1)
+        probs = jax.nn.softmax(model.apply(variables, filled[..., None]) / temperature).reshape(2, p, n, -1)
         prob = jnp.take_along_axis(probs, targets[None, None, :, None], 3)[..., 0]  # (2, P, n)
         return prob[0].T, prob[1].T, residual.reshape(2 * p, n).max(0)
 
@@ -274,19 +285,22 @@ def _model_variables(model, params, batch_stats) -> dict:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_road(model, counts: tuple[int, ...], iterations: int):
-    return split_over_devices(_road_curves(model, counts, iterations), (False, True, True, True, True, False))
+def _compiled_road(model, counts: tuple[int, ...], iterations: int, temperature: float):
+    return split_over_devices(_road_curves(model, counts, iterations, temperature),
+                              (False, True, True, True, True, False))
 
 
 def road(model, params, batch_stats, images, maps, targets, fractions=ROAD_FRACTIONS, noise: float = ROAD_NOISE,
-         key=None, iterations: int = ROAD_ITERATIONS, chunk: int | None = None, probs=None, progress=None) -> dict:
+         key=None, iterations: int = ROAD_ITERATIONS, chunk: int | None = None, probs=None, progress=None,
+         temperature: float = 1.0) -> dict:
     """ROAD (Rong et al., ICML 2022): MoRF and LeRF curves with noisy linear imputation.
 
     For each fraction f (default 10%, ..., 90%) the round(f * 784) most relevant pixels of each
     image (MoRF: ranked by ``maps``, descending, ties by pixel order) or the least relevant ones
     (LeRF) are removed and refilled by ``linear_imputation`` plus Gaussian noise of standard
     deviation ``noise`` (pixel units; drawn from ``key``, per image, so chunking does not change
-    it); the model's softmax probability of ``targets`` is recorded. ``model.apply({"params":
+    it); the model's softmax probability of ``targets`` (of logits / ``temperature``, as in
+    ``deletion_insertion``) is recorded. ``model.apply({"params":
     params, "batch_stats": batch_stats}, images) -> logits``.
 
     Percentiles: pytorch-grad-cam's ``ROADMostRelevantFirst(p)`` keeps the pixels below the p-th
@@ -312,16 +326,17 @@ def road(model, params, batch_stats, images, maps, targets, fractions=ROAD_FRACT
     counts = tuple(int(c) for c in np.clip(np.round(fr * 784), 1, 783))
     noise = finite_number("noise", noise, 0.0)
     iterations = whole_number("iterations", iterations, 1)
+    temperature = positive_temperature(temperature)
     chunk = whole_number("chunk", chunk if chunk is not None else 4 if on_cpu() else 64)
     key = jax.random.PRNGKey(0) if key is None else key
     variables = _model_variables(model, params, batch_stats)
     if probs is None:
-        forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)))
+        forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x) / temperature))
         (probs,) = in_chunks(lambda x: (forward(variables, x),), (images,), 1000)
     elif np.shape(probs)[:1] != (n,):
         raise ValueError(f"probs: expected one row of class probabilities per image ({n}), got shape {np.shape(probs)}")
     keys = np.asarray(jax.random.split(key, n))
-    fn, devices = _compiled_road(model, counts, iterations)
+    fn, devices = _compiled_road(model, counts, iterations, temperature)
     chunk = -(-chunk // devices) * devices
     morf, lerf, residual = in_chunks(lambda x, m, t, k: fn(variables, x, m, t, k, np.float32(noise)),
                                      (images, maps, targets, keys), chunk, devices, progress)

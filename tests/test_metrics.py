@@ -50,6 +50,27 @@ def test_deletion_auc_minimal_when_the_read_pixel_ranks_first():
     np.testing.assert_allclose(out["insertion_curve"][:, 1:], p_full, rtol=1e-6)
 
 
+def test_temperature_tracks_the_calibrated_probability():
+    """deletion_insertion(temperature=T) = the curves of logits / T, known at both ends."""
+    images, maps = _images(6), M.random_attribution(jax.random.PRNGKey(5), 6)
+    targets = np.zeros(6, np.int32)
+    out = M.deletion_insertion(one_pixel_logits, None, None, images, maps, targets, steps=8, temperature=4.0)
+
+    def quarter(x):
+        return one_pixel_logits(x) / 4.0
+
+    quarter.image_shape, quarter.input_range = one_pixel_logits.image_shape, one_pixel_logits.input_range
+    ref = M.deletion_insertion(quarter, None, None, images, maps, targets, steps=8)
+    for kind in out:
+        np.testing.assert_allclose(out[kind], ref[kind], rtol=1e-6)
+    p_full = float(jax.nn.softmax(jnp.array([10.0 / 4] + [0.0] * 9))[0])  # the pixel is 1: logit 10, over T = 4
+    np.testing.assert_allclose(out["deletion_curve"][:, 0], p_full, rtol=1e-6)
+    np.testing.assert_allclose(out["deletion_curve"][:, -1], 0.1, rtol=1e-6)
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="temperature: expected a finite number"):
+            M.deletion_insertion(one_pixel_logits, None, None, images, maps, targets, steps=8, temperature=bad)
+
+
 def test_random_attribution_sits_at_the_random_expectation():
     n, steps = 400, 16
     images = _images(n, seed=1)

@@ -133,6 +133,19 @@ def test_road_on_a_linear_model_gives_the_known_drop():
     assert (out["residual"] < 1e-4).all()
 
 
+def test_temperature_divides_the_logits():
+    """ROAD with temperature T tracks softmax(logits / T): the same curves as a model whose weights are w / T."""
+    images, maps, bump, quiet = _bump_setup()
+    w = np.full((28, 28), 0.05, np.float32)
+    kw = dict(fractions=[36 / 784, 0.5], noise=0.0)
+    hot = M.road(LinearLogit(), {"w": w}, {}, images, maps, [0, 0], temperature=2.5, **kw)
+    scaled = M.road(LinearLogit(), {"w": w / 2.5}, {}, images, maps, [0, 0], **kw)
+    plain = M.road(LinearLogit(), {"w": w}, {}, images, maps, [0, 0], **kw)
+    for k in ("morf_curve", "lerf_curve", "original"):
+        np.testing.assert_allclose(hot[k], scaled[k], rtol=1e-5)
+    assert not np.allclose(hot["morf_curve"], plain["morf_curve"], rtol=1e-3)
+
+
 def test_noise_is_per_image_reproducible_and_of_the_stated_size():
     images, maps, bump, _ = _bump_setup()
     images = np.concatenate([images] * 50)  # 100 images
@@ -171,6 +184,7 @@ def test_road_on_the_cnn_shapes_and_order():
     ({"fractions": [0.0, 0.5]}, r"fractions: expected fractions of pixels to remove in \(0, 1\)"),
     ({"fractions": []}, "fractions: expected fractions"),
     ({"noise": -0.1}, "noise: expected a finite number >= 0"),
+    ({"temperature": 0.0}, "temperature: expected a finite number > 0, got 0.0"),
     ({"iterations": 2.5}, "iterations: expected an integer >= 1"),
     ({"targets": None}, "targets: expected one class"),
     ({"maps": np.zeros((3, 28, 28))}, r"maps: expected one 28x28 map per image, \(2, 28, 28\)"),
