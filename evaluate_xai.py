@@ -13,7 +13,8 @@ use downloads) tensorflow-datasets' copy.
 For each method: deletion and insertion AUC (with bootstrap 95% intervals) against a random
 and a Sobel-edge baseline, the cascading parameter-randomisation test (on a subset of
 ``--randomization-images``), the share of positive attribution on ink, and the Integrated
-Gradients completeness error. Writes results.json, results.md, curves.png (deletion and
+Gradients completeness error. The probabilities are calibrated with the checkpoint's
+temperature where it stores one (--temperature 1: the plain softmax). Writes results.json, results.md, curves.png (deletion and
 insertion), randomization.png (rho per cascade stage, 95% intervals) and randomization_maps.png
 (the first digit's maps as the layers are re-initialised) into --out; prints the table.
 See mnist_xai_metrics.py for the definitions and papers.
@@ -46,14 +47,16 @@ def _interval(values, seed):
 
 
 def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0, steps=16,
-                     randomization_images=100, progress=print, road=True) -> tuple[dict, dict]:
+                     randomization_images=100, progress=print, road=True, temperature=1.0) -> tuple[dict, dict]:
     """Returns the report (JSON-ready) and the first digit's maps through the randomisation
     cascade (``{"image", "target", "maps": {method: (1 + stages, 28, 28)}}``) for its figure.
 
     Each map is also located (``mnist_xai_metrics.localisation_by_class``: share of its positive
     attribution on the outer 4 px frame and on ink, per predicted class) and, with ``road``,
     scored by ROAD (``mnist_xai_metrics.road``: MoRF/LeRF with noisy linear imputation at
-    10..90% removed, the same noise for every method)."""
+    10..90% removed, the same noise for every method). Deletion, insertion and ROAD track
+    softmax(logits / ``temperature``): a checkpoint's calibrated probability when given its T
+    (the maps themselves are of the logits, whatever T)."""
     import jax
     from tqdm import tqdm
 
@@ -68,7 +71,7 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
     apply_fn = jax.jit(lambda v, x: model.apply(v, x))
     (logits,) = X.in_chunks(lambda x: (apply_fn(variables, x),), (images,), 1000)
     targets = logits.argmax(-1).astype(np.int32)  # explain the predicted class
-    probs = np.asarray(jax.nn.softmax(logits))
+    probs = np.asarray(jax.nn.softmax(logits / temperature))
     key = jax.random.PRNGKey(seed)
     # One compiled init; run eagerly, init compiled ~70 small programs (113 -> 44 compiles in a 64-digit run).
     fresh = initialize_model(jax.random.PRNGKey(seed + 1), model)[0]
@@ -92,11 +95,11 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
         with bar((2 if road else 1) * len(images) + (stages * sub.stop if name in methods else 0),
                  f"{name}: metrics") as b:
             curves = M.deletion_insertion(model, params, batch_stats, images, maps, targets, steps=steps, probs=probs,
-                                          progress=b.update)
+                                          progress=b.update, temperature=temperature)
             on_ink, ink = M.ink_share(images, maps)
             loc = M.localisation_by_class(images, maps, targets)
             rd = M.road(model, params, batch_stats, images, maps, targets, key=key, probs=probs,
-                        progress=b.update) if road else None
+                        progress=b.update, temperature=temperature) if road else None
             row = {
                 "deletion_auc": M.bootstrap_ci(curves["deletion_auc"], seed),
                 "insertion_auc": M.bootstrap_ci(curves["insertion_auc"], seed),
@@ -129,11 +132,19 @@ def evaluate_methods(params, batch_stats, model, images, labels, methods, seed=0
         progress(f"  {name}: metrics in {time.perf_counter() - t0:.1f} s")
     report = {"results": results, "num_images": len(images), "steps": steps,
               "randomization_images": sub.stop, "pass_correlation": PASS_CORRELATION,
-              "model_accuracy": float((targets == labels).mean()),
+              "model_accuracy": float((targets == labels).mean()), "temperature": float(temperature),
               "frame_border": M.FRAME_BORDER, "frame_area": float(M.frame_mask().mean())}
     if road:
         report["road_fractions"] = [float(f) for f in np.round(np.asarray(M.ROAD_FRACTIONS) * 784) / 784]
     return report, {"image": images[0, ..., 0], "target": int(targets[0]), "maps": example}
+
+
+def _probability_note(report: dict) -> str:
+    t = report.get("temperature", 1.0)
+    if t == 1.0:
+        return "Deletion, insertion and ROAD track the plain softmax probability of the explained class."
+    return (f"Deletion, insertion and ROAD track the calibrated probability of the explained class, "
+            f"softmax(logits / {t:.3f}), with the checkpoint's temperature.")
 
 
 def format_table(report: dict) -> str:
@@ -190,7 +201,9 @@ def plot_curves(report: dict, path: Path) -> None:
             x = np.linspace(0, 1, len(curve))
             ax.plot(x, curve, style, label=f"{name} ({r[f'{kind}_auc'][0]:.3f})")
     for ax, kind in zip(axes, ("Deletion (lower is better)", "Insertion (higher is better)")):
-        ax.set(title=kind, xlabel="fraction of pixels removed / inserted", ylabel="target class probability")
+        t = report.get("temperature", 1.0)
+        ax.set(title=kind, xlabel="fraction of pixels removed / inserted",
+               ylabel="target class probability" + (f" (calibrated, T = {t:.2f})" if t != 1.0 else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{report['num_images']} MNIST test digits; AUC in brackets", fontsize=10)
@@ -267,7 +280,8 @@ def _write_into(tmp: Path, report: dict, command: str, example: dict | None) -> 
         f"# Faithfulness of the explanations\n\n{report['date']}, `{command}`, {report['machine']}\n\n"
         f"{report['num_images']} test digits (model accuracy {100 * report['model_accuracy']:.2f}%), "
         f"{report['steps']} deletion/insertion steps, randomisation test on {report['randomization_images']} digits "
-        f"(pass: mean Spearman ρ < {report['pass_correlation']} after re-initialising every layer).\n\n"
+        f"(pass: mean Spearman ρ < {report['pass_correlation']} after re-initialising every layer). "
+        f"{_probability_note(report)}\n\n"
         f"{format_table(report)}\n\n![curves](curves.png)\n")
     plot_curves(report, tmp / "curves.png")
     if example is not None and example["maps"]:
@@ -302,6 +316,10 @@ def main(argv=None) -> int:
                         help="deletion/insertion steps (default: %(default)s)")
     parser.add_argument("--randomization-images", type=int, default=100, metavar="N",
                         help="digits for the cascading randomisation test (default: %(default)s)")
+    parser.add_argument("--temperature", default="checkpoint", metavar="T",
+                        help="deletion, insertion and ROAD track softmax(logits / T): 'checkpoint' uses the "
+                             "temperature the checkpoint stores (1 if none), 1 the plain softmax "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))  # once each
     unknown = [m for m in methods if m not in X.METHODS]
@@ -315,6 +333,14 @@ def main(argv=None) -> int:
         parser.error(f"--seed: expected an integer in [0, 2**32), got {args.seed}")
     if args.tfds and args.data_dir:
         parser.error("--tfds and --data-dir are alternatives; give one")
+    temperature = None
+    if args.temperature != "checkpoint":
+        try:
+            temperature = float(args.temperature)
+        except ValueError:
+            temperature = float("nan")
+        if not 0 < temperature < float("inf"):
+            parser.error(f"--temperature: expected 'checkpoint' or a number > 0, got {args.temperature}")
 
     import datetime
     import platform
@@ -325,7 +351,9 @@ def main(argv=None) -> int:
     from mnist_data import MNISTDataError, load_test_or_sample
 
     check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the minutes of work, not after
-    params, batch_stats, model, _ = load_checkpoint(args.checkpoint or default_checkpoint())
+    params, batch_stats, model, meta = load_checkpoint(args.checkpoint or default_checkpoint())
+    if temperature is None:
+        temperature = float(meta.get("temperature", 1.0))
     split, _, note = load_test_or_sample(args.data_dir, args.tfds)
     if note:
         print(note)
@@ -336,7 +364,7 @@ def main(argv=None) -> int:
     images = split.images.astype(np.float32) / 255.0
     t0 = time.perf_counter()
     report, example = evaluate_methods(params, batch_stats, model, images, split.labels, methods, args.seed,
-                                       args.steps, args.randomization_images)
+                                       args.steps, args.randomization_images, temperature=temperature)
     report.update({"seconds": time.perf_counter() - t0, "date": datetime.date.today().isoformat(),
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}"})
     print(format_table(report))

@@ -200,6 +200,8 @@ def _run(*args):
     (["--num-images", "201"], "--num-images 201 is more than the 200 test digits available"),
     (["--num-images", "0"], "--num-images: expected an integer >= 1, got 0"),
     (["--steps", "1"], "--steps: expected an integer >= 2, got 1"),
+    (["--temperature", "0"], "--temperature: expected 'checkpoint' or a number > 0, got 0"),
+    (["--temperature", "warm"], "--temperature: expected 'checkpoint' or a number > 0, got warm"),
 ])
 def test_cli_bad_input_exit_2_and_keeps_previous_results(args, message, tmp_path):
     out = tmp_path / "eval"
@@ -257,3 +259,15 @@ def test_cli_small_run_writes_every_output(tmp_path):
         ci = report["results"][name]["randomization_ci"]
         assert len(ci) == 8 and all(lo <= rho <= hi for (_, rho), (lo, hi) in zip(report["results"][name]["randomization"], ci))
     assert not out.with_name("eval.tmp").exists()
+    # The curves track the checkpoint's calibrated probability: their first point is softmax(logits / T).
+    import mnist_checkpoint as ckpt
+    from mnist_data import load_sample_digits
+    params, batch_stats, model, meta = ckpt.load_checkpoint(ckpt.default_checkpoint())
+    t = meta["temperature"]
+    assert report["temperature"] == pytest.approx(t) and abs(t - 1) > 0.1
+    images = load_sample_digits().images[:24].astype(np.float32) / 255.0
+    logits = model.apply({"params": params, "batch_stats": batch_stats}, images)
+    expected = np.asarray(jax.nn.softmax(logits / t)).max(1).mean()
+    for name in report["results"]:
+        assert report["results"][name]["deletion_curve"][0] == pytest.approx(expected, rel=1e-4)
+    assert f"softmax(logits / {t:.3f})" in (out / "results.md").read_text()
