@@ -276,20 +276,25 @@ def evaluate(model: MNISTCNN, params, batch_stats, split: Split, batch_size: int
             "predictions": np.concatenate(predictions) if predictions else np.zeros(0, np.int32)}
 
 
-def curves_figure(history: list[dict], test_accuracy: float | None = None):
+def curves_figure(history: list[dict], test_accuracy: float | None = None, label_smoothing: float = 0.0,
+                  augment: bool = True):
     """Loss and accuracy per epoch (and the test accuracy, once known) on a matplotlib Figure
-    of its own: no pyplot state, so a notebook's backend is left as it is."""
+    of its own: no pyplot state, so a notebook's backend is left as it is. The training curves'
+    legend says how they were measured (on augmented digits; the loss with label smoothing)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(10, 3.8))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented, smoothed)")
+    how = ["augmented"] if augment else []
+    loss_how = how + ([f"label smoothing {label_smoothing:g}"] if label_smoothing else [])
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-",
+             label="train" + (f" ({', '.join(loss_how)})" if loss_how else ""))
     ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax1.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     accuracies = [100 * h[k] for h in history for k in ("train_accuracy", "val_accuracy")]
-    ax2.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train (augmented)")
+    ax2.plot(epochs, [100 * h["train_accuracy"] for h in history], "o-", label="train (augmented)" if augment else "train")
     ax2.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", label="validation")
     title = "Accuracy"
     if test_accuracy is not None:
@@ -312,10 +317,11 @@ def curves_figure(history: list[dict], test_accuracy: float | None = None):
     return fig
 
 
-def plot_curves(history: list[dict], path: Path, test_accuracy: float | None = None) -> None:
+def plot_curves(history: list[dict], path: Path, test_accuracy: float | None = None, label_smoothing: float = 0.0,
+                augment: bool = True) -> None:
     """``curves_figure`` written to ``path`` (PNG, 1000 x 380 pixels), atomically."""
     with cli.atomic_file(path) as tmp:
-        curves_figure(history, test_accuracy).savefig(tmp, dpi=100)
+        curves_figure(history, test_accuracy, label_smoothing, augment).savefig(tmp, dpi=100)
 
 
 def initial_state(model: MNISTCNN, tx, seed: int) -> tuple[dict, jax.Array]:
@@ -504,7 +510,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
                        "elapsed_seconds": history[-1]["elapsed_seconds"]},
                       val["accuracy"])
             cli.write_atomic(workdir / "metrics.json", json.dumps({"history": history, **_summary(meta)}, indent=2))
-            plot_curves(history, workdir / "training_curves.png")
+            plot_curves(history, workdir / "training_curves.png", None, cfg.label_smoothing, cfg.augment)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -533,7 +539,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
     result.update(calibrate_workdir(workdir, data, cfg.eval_batch_size))
     cli.write_atomic(workdir / "metrics.json", json.dumps(result, indent=2))
     if history:
-        plot_curves(history, workdir / "training_curves.png", test["accuracy"])
+        plot_curves(history, workdir / "training_curves.png", test["accuracy"], cfg.label_smoothing, cfg.augment)
     result["state"] = state
     return result
 

@@ -275,6 +275,11 @@ def test_one_epoch_curves_show_the_test_accuracy_on_sensible_axes():
     assert plt.get_fignums() == []  # drawn on a Figure of its own: pyplot holds nothing
     many = T.curves_figure([{**history[0], "epoch": e} for e in range(1, 16)])
     assert many.axes[0].get_xlim() == (0.5, 15.5)
+    # The legend says how the training curves were measured.
+    assert [line.get_label() for line in loss_ax.get_lines()][0] == "train (augmented)"
+    smoothed = T.curves_figure(history, label_smoothing=0.1, augment=False)
+    assert [line.get_label() for line in smoothed.axes[0].get_lines()][0] == "train (label smoothing 0.1)"
+    assert [line.get_label() for line in smoothed.axes[1].get_lines()][0] == "train"
 
 
 def test_steps_fused_in_a_scan_compute_what_one_step_a_call_does(synthetic):
