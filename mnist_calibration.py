@@ -45,6 +45,7 @@ def _scores(x, name: str) -> np.ndarray:
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) over the last axis, in float64 (stable)."""
     z = np.asarray(logits, np.float64) / temperature
     z = z - z.max(-1, keepdims=True)
     e = np.exp(z)
@@ -133,18 +134,11 @@ def calibration_report(val_logits, val_labels, test_logits, test_labels, bins: i
 
 
 def _write_json_atomic(path, obj, indent: int | None = 2) -> None:
-    """Write JSON under a temporary name beside ``path``, then rename it into place."""
+    """JSON through ``cli.write_atomic``; kept for benchmarks/calibrate_checkpoint.py, which calls it."""
     import json
-    import os
-    from pathlib import Path
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.calibration-tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=indent))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from cli import write_atomic
+    write_atomic(path, json.dumps(obj, indent=indent))
 
 
 def model_logits(model, params, batch_stats, images_u8, batch_size: int = 1000) -> np.ndarray:

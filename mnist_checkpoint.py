@@ -4,7 +4,9 @@ Layout written by ``train_mnist.py`` (an orbax ``CheckpointManager`` directory):
 
     checkpoints/
       ckpt/<step>/state   params, batch_stats, opt_state, step (orbax, written atomically)
-      ckpt/<step>/meta    JSON: model constructor arguments, training config, epoch, metrics
+      ckpt/<step>/meta    JSON: model constructor arguments (with the input normalisation
+                          input_mean/input_std), training config, dataset, class_names,
+                          epoch, metrics, temperature (see ``checkpoint_info``)
       metrics.json        per-epoch history and the final test accuracy
       training_curves.png
 
@@ -23,8 +25,10 @@ run in ``checkpoints/`` when it holds a step, else the shipped ``pretrained/``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -166,7 +170,9 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike | None = None):
     """Return ``(params, batch_stats, model, meta)`` rebuilt from a checkpoint alone.
 
-    ``path`` defaults to the shipped checkpoint in ``pretrained/``.
+    ``path`` defaults to the shipped checkpoint in ``pretrained/``. The model is built with the
+    stored input normalisation (MNIST's when none is stored); ``checkpoint_info(meta)`` gives
+    the dataset, class names and temperature (checked here already).
     """
     step_dir = resolve_checkpoint_dir(PRETRAINED_DIR if path is None else path).absolute()  # orbax wants absolute
     try:
@@ -192,7 +198,62 @@ def load_checkpoint(path: str | os.PathLike | None = None):
     if bad:
         raise CheckpointError(f"{step_dir}: weights hold NaN/inf values ({bad[0]}{' and more' if len(bad) > 1 else ''}; "
                               "a diverged training run?)")
+    checkpoint_info(meta, str(step_dir))  # a bad dataset, class_names or temperature: one line now
     return params, batch_stats, model, meta
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint's metadata says about the data it was trained on and its confidences.
+
+    Metadata written before these were stored (the shipped pretrained/) gives MNIST, the digits
+    "0".."9" and no temperature; the model's normalisation defaults likewise (MNISTCNN).
+    """
+    dataset: str  # a tensorflow-datasets name, mnist_data.DATASETS
+    class_names: tuple[str, ...]  # ten, in label order
+    temperature: float | None  # fitted on the validation split (mnist_calibration); None: not calibrated
+
+    def probabilities(self, logits) -> np.ndarray:
+        """The probabilities to show: softmax(logits / T) with the stored temperature, plain
+        softmax without one (float64, last axis). Explanations use the logits, not these."""
+        from mnist_calibration import softmax
+        return softmax(logits, self.temperature or 1.0)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.temperature is not None
+
+    @property
+    def probability_note(self) -> str:
+        """How the shown probabilities were made, in a few words (T shown once, here)."""
+        if self.calibrated:
+            return f"calibrated probabilities (temperature scaling, T = {self.temperature:.3g}, fitted on the validation split)"
+        return "plain softmax probabilities (uncalibrated: the checkpoint stores no temperature)"
+
+    def name(self, label) -> str:
+        """The class name of label ``label`` (an int)."""
+        return self.class_names[int(label)]
+
+
+def checkpoint_info(meta: dict, where: str = "checkpoint") -> CheckpointInfo:
+    """The dataset, class names and temperature a checkpoint's ``meta`` stores (defaults for
+    metadata that predates them: mnist, "0".."9", no temperature). CheckpointError, one line,
+    for values that cannot be right."""
+    from mnist_data import DATASETS, class_names
+
+    dataset = meta.get("dataset", "mnist")
+    if dataset not in DATASETS:
+        raise CheckpointError(f"{where}: dataset: expected one of {', '.join(DATASETS)}, found {dataset!r:.60}")
+    names = meta.get("class_names")
+    if names is None:
+        names = class_names(dataset)
+    num_classes = (meta.get("model") or {}).get("num_classes", 10) if isinstance(meta.get("model"), dict) else 10
+    if not (isinstance(names, (list, tuple)) and len(names) == num_classes and all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{where}: class_names: expected {num_classes} strings, found {names!r:.80}")
+    t = meta.get("temperature")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0):
+        raise CheckpointError(f"{where}: temperature: expected a positive finite number, found {t!r:.60}")
+    return CheckpointInfo(dataset, tuple(names), None if t is None else float(t))
 
 
 def check_fits(model: MNISTCNN, params, batch_stats, where: str) -> None:
@@ -236,8 +297,8 @@ def export_for_inference(source: str | os.PathLike, dst: str | os.PathLike, test
         manager.close()
         workdir = step_dir.parent.parent
         metrics = {"test_accuracy": float(test_accuracy), "history": meta.get("history", []),
-                   **{k: meta[k] for k in ("model", "train_config", "data_source", "num_params", "temperature",
-                                             "calibration") if k in meta}}
+                   **{k: meta[k] for k in ("model", "train_config", "dataset", "data_source", "class_names",
+                                             "num_params", "temperature", "calibration") if k in meta}}
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the folder is swapped in whole
         if (workdir / "training_curves.png").exists():
             shutil.copy(workdir / "training_curves.png", tmp / "training_curves.png")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Sequence
 
 import jax
@@ -40,6 +41,9 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 # Training-set statistics of MNIST pixels scaled to [0, 1]; the model standardises
 # its input itself so that every caller (and every explanation baseline) works in [0, 1].
+# They are the defaults of MNISTCNN's input_mean/input_std: a training run stores the
+# statistics of its own training split (mnist_data.pixel_stats) in the model config, and a
+# checkpoint that stores none (the shipped pretrained/ predates them) was trained with these.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -193,6 +197,10 @@ class MNISTCNN(nn.Module):
     dense_features: int = 256
     dropout_rate: float = 0.5
     dtype: Any = jnp.float32
+    # The input standardisation (x - input_mean) / input_std, x in [0, 1]: the training split's
+    # pixel statistics. Not variables: the parameter tree is the same whatever they are.
+    input_mean: float = MNIST_MEAN
+    input_std: float = MNIST_STD
     # Set during data-parallel training (shard_map) so BatchNorm averages its batch
     # statistics across devices; irrelevant at inference. Not part of ``config()``.
     bn_axis_name: str | None = None
@@ -226,7 +234,7 @@ class MNISTCNN(nn.Module):
 
     def stem(self, images: jax.Array) -> jax.Array:
         """Images in [0, 1] -> the standardised input of the first conv layer."""
-        return (images.astype(self.dtype) - MNIST_MEAN) / MNIST_STD
+        return (images.astype(self.dtype) - self.input_mean) / self.input_std
 
     def conv_block(self, k: int, x: jax.Array, train: bool = False, padding: str = "SAME") -> jax.Array:
         """Conv layer ``k`` -> BatchNorm -> ReLU.
@@ -291,6 +299,8 @@ class MNISTCNN(nn.Module):
             "dense_features": self.dense_features,
             "dropout_rate": self.dropout_rate,
             "dtype": jnp.dtype(self.dtype).name,
+            "input_mean": float(self.input_mean),
+            "input_std": float(self.input_std),
         }
 
     @classmethod
@@ -301,6 +311,14 @@ class MNISTCNN(nn.Module):
             kwargs["widths"] = tuple(kwargs["widths"])
         if "dtype" in kwargs:
             kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+        for name in ("input_mean", "input_std"):  # absent (older checkpoints): MNIST's, the defaults
+            if name in kwargs:
+                value = kwargs[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                        or (name == "input_std" and value <= 0):
+                    raise ValueError(f"{name}: expected a finite number{' > 0' if name == 'input_std' else ''}, "
+                                     f"got {value!r}")
+                kwargs[name] = float(value)
         return cls(**kwargs)
 
 

@@ -2,6 +2,8 @@
 
     python train_mnist.py --data-dir DIR            # DIR: a folder with the four MNIST IDX files
     python train_mnist.py --tfds                     # or MNIST via tensorflow-datasets
+    python train_mnist.py --dataset fashion_mnist --tfds          # Fashion-MNIST (or kmnist)
+    python train_mnist.py --dataset kmnist --data-dir DIR          # DIR: KMNIST's IDX files
     python train_mnist.py --data-dir DIR --max-train-examples 2000 --epochs 1    # a smoke run
     python train_mnist.py --data-dir DIR --resume   # continue the run in checkpoints/
     python train_mnist.py --data-dir DIR --evaluate --checkpoint pretrained      # evaluate only
@@ -12,6 +14,12 @@ prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets); --tfds downloads one
 says where to get the four IDX files (yann.lecun.com/exdb/mnist or a mirror).
 Checkpoint for --evaluate/--export: --checkpoint if given, else checkpoints/ when a
 training run there has saved a step, else the shipped pretrained/.
+
+--dataset (mnist, fashion_mnist or kmnist: tensorflow-datasets' names) picks the data; for
+fashion_mnist/kmnist the folder variable is $FASHION_MNIST_DATA_DIR/$KMNIST_DATA_DIR and the
+tfds copy is theirs. The checkpoint stores the dataset, its class names and the input
+normalisation (mean and std of the training pixels, after the validation hold-out), so the
+demos and the explorer need no flag; --evaluate reads the checkpoint's dataset unless told.
 
 The last line printed is ``test_accuracy: 0.XXXX``; ``<workdir>/metrics.json`` holds it
 with the per-epoch history, and ``<workdir>/training_curves.png`` plots it. Ctrl-C saves a
@@ -48,7 +56,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import cli
 import mnist_checkpoint as ckpt
 from mnist_cnn_model import MNISTCNN, count_params
-from mnist_data import MNIST, Split, load_mnist, load_test_split
+from mnist_data import DATASETS, MNIST, Split, load_mnist, load_test_split, pixel_stats
 
 # ----------------------------------------------------------------------------- configuration
 # The command line's training flags are TrainConfig's fields: each field's metadata holds
@@ -97,6 +105,12 @@ def seed_int(text: str) -> int:
     return value
 
 
+def dataset_name(text: str) -> str:
+    if text not in DATASETS:
+        raise argparse.ArgumentTypeError(f"{text}: expected one of {', '.join(DATASETS)}")
+    return text
+
+
 def _flag(default, help: str, type=None, flag: str | None = None, default_text: str | None = None):
     """A TrainConfig field and its command-line flag (``--field-name`` unless ``flag``)."""
     return dataclasses.field(default=default, metadata={"help": help, "type": type, "flag": flag,
@@ -105,6 +119,8 @@ def _flag(default, help: str, type=None, flag: str | None = None, default_text: 
 
 @dataclasses.dataclass
 class TrainConfig:
+    dataset: str = _flag("mnist", f"the data: {', '.join(DATASETS)} (tensorflow-datasets' names)", dataset_name,
+                         default_text="mnist; with --evaluate, the checkpoint's")
     epochs: int = _flag(15, "passes over the training set", positive_int)
     batch_size: int = _flag(128, "examples per step, split evenly over the JAX devices", positive_int)
     learning_rate: float = _flag(3e-3, "peak of the one-cycle learning-rate schedule", positive_float)
@@ -142,7 +158,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 help=meta["help"])
             continue
         default = meta["default_text"] or "%(default)s"
-        metavar = "N" if meta["type"] in (positive_int, non_negative_int, seed_int) else "X"
+        metavar = ("N" if meta["type"] in (positive_int, non_negative_int, seed_int)
+                   else "NAME" if meta["type"] is dataset_name else "X")
         parser.add_argument(flag, dest=f.name, type=meta["type"], default=f.default,
                             metavar=metavar, help=f"{meta['help']} (default: {default})")
 
@@ -412,11 +429,17 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
     workdir.mkdir(parents=True, exist_ok=True)  # after the checks above: no empty workdir left by them
     for name in WORKDIR_FILES:  # a run killed while writing one leaves its temporary file
         cli.remove_temporaries(workdir / name)
-    model = MNISTCNN()
+    if data.dataset != cfg.dataset:
+        raise ValueError(f"the config's dataset is {cfg.dataset}, the data given is {data.dataset}")
+    # The input normalisation: the pixel statistics of the images trained on (the training split
+    # after the validation hold-out), stored in the model config and so in every checkpoint.
+    input_mean, input_std = pixel_stats(train)
+    model = MNISTCNN(input_mean=input_mean, input_std=input_std)
     tx = make_optimizer(cfg, total_steps)
     state, train_key = initial_state(model, tx, cfg.seed)
-    meta = {"model": model.config(), "train_config": dataclasses.asdict(cfg),
-            "data_source": data.source, "num_params": count_params(state["params"])}
+    meta = {"model": model.config(), "train_config": dataclasses.asdict(cfg), "dataset": data.dataset,
+            "class_names": list(data.class_names), "data_source": data.source,
+            "num_params": count_params(state["params"])}
 
     manager = ckpt.make_manager(workdir)
     history: list[dict] = []
@@ -431,7 +454,10 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
         if restored is None:  # check_workdir saw a step; orbax did not
             raise ValueError(f"--resume: --workdir {workdir} holds no checkpoint orbax can restore")
         state, old_meta = restored
-        stored = old_meta.get("train_config") or {}
+        stored = {"dataset": "mnist", **(old_meta.get("train_config") or {})}  # runs before --dataset: MNIST
+        # The weights were trained with the checkpoint's normalisation (MNIST's if it stores none): kept.
+        model = MNISTCNN.from_config(old_meta.get("model") or {})
+        meta["model"] = model.config()
         if stored != meta["train_config"]:
             diff = ", ".join(f"{k} {stored.get(k)!r} there, {v!r} now" for k, v in meta["train_config"].items()
                              if stored.get(k) != v)
@@ -545,7 +571,7 @@ def train_and_evaluate(cfg: TrainConfig, workdir: str | os.PathLike, data: MNIST
 
 
 def _summary(meta: dict) -> dict:
-    return {k: meta[k] for k in ("model", "train_config", "data_source", "num_params")}
+    return {k: meta[k] for k in ("model", "train_config", "dataset", "class_names", "data_source", "num_params")}
 
 
 def _in_main_thread() -> bool:
@@ -557,13 +583,13 @@ def _in_main_thread() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mnist_data import DATA_FALLBACK
-
     p = cli.parser(__doc__)
     p.add_argument("--data-dir", metavar="DIR",
-                   help=f"folder with the four MNIST IDX files (default: {DATA_FALLBACK})")
+                   help="folder with the four IDX files of --dataset (default: $MNIST_DATA_DIR, "
+                        "$FASHION_MNIST_DATA_DIR or $KMNIST_DATA_DIR by --dataset, else a copy tensorflow-datasets "
+                        "has prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets))")
     p.add_argument("--tfds", action="store_true",
-                   help="read MNIST with tensorflow-datasets, downloading it on first use "
+                   help="read --dataset with tensorflow-datasets, downloading it on first use "
                         "(pip install -r requirements-tfds.txt)")
     p.add_argument("--workdir", default=ckpt.DEFAULT_WORKDIR, metavar="DIR",
                    help="where checkpoints, metrics.json and training_curves.png go (default: %(default)s)")
@@ -579,6 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dataset_given(argv) -> bool:
+    """Whether --dataset is on the command line (--evaluate uses the checkpoint's otherwise)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return any(a == "--dataset" or a.startswith("--dataset=") for a in argv)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -591,8 +623,12 @@ def main(argv=None) -> int:
         if args.export:
             ckpt.check_output_folder(args.export, ckpt.EXPORT_FILES, "--export")
         params, batch_stats, model, meta = ckpt.load_checkpoint(checkpoint)
+        trained_on = ckpt.checkpoint_info(meta).dataset
+        dataset = args.dataset if _dataset_given(argv) else trained_on
         print(f"checkpoint: {ckpt.resolve_checkpoint_dir(checkpoint)}")
-        test = evaluate(model, params, batch_stats, load_test_split(args.data_dir, tfds=args.tfds))
+        if dataset != trained_on:
+            print(f"note: the checkpoint was trained on {trained_on}; evaluating it on {dataset}'s test set")
+        test = evaluate(model, params, batch_stats, load_test_split(args.data_dir, tfds=args.tfds, dataset=dataset))
         if args.export:
             print(f"wrote {ckpt.export_for_inference(checkpoint, args.export, test['accuracy'])}")
         print(f"test_accuracy: {test['accuracy']:.4f}")
@@ -603,8 +639,8 @@ def main(argv=None) -> int:
         parser.error("--checkpoint is only used with --evaluate (training writes into --workdir)")
     cfg = config_from_args(args)
     check_workdir(args.workdir, args.resume)
-    data = load_mnist(args.data_dir, cfg.num_validation, tfds=args.tfds)
-    print(f"data: {data.source}; train {len(data.train.take(cfg.max_train_examples))}, "
+    data = load_mnist(args.data_dir, cfg.num_validation, tfds=args.tfds, dataset=cfg.dataset)
+    print(f"data: {data.dataset} ({data.source}); train {len(data.train.take(cfg.max_train_examples))}, "
           f"validation {len(data.validation)}, test {len(data.test)}; devices: {len(jax.devices())} "
           f"x {jax.devices()[0].platform}")
     result = train_and_evaluate(cfg, args.workdir, data, resume=args.resume, progress=not args.no_progress)

@@ -14,7 +14,7 @@ import mnist_checkpoint as ckpt
 import train_mnist as T
 from mnist_cnn_model import (MNISTCNN, _xla_weight_grad, conv3x3, conv3x3_weight_grad, count_params,
                              initialize_model)
-from mnist_data import MNIST, Split
+from mnist_data import MNIST, Split, pixel_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,8 @@ def test_separable_set_trains_to_100_percent(trained):
 def test_checkpoint_reload_gives_identical_logits(trained, synthetic):
     workdir, result = trained
     params, batch_stats, model, meta = ckpt.load_checkpoint(workdir)
-    assert meta["epoch"] == 2 and meta["model"] == MNISTCNN().config()
+    mean, std = pixel_stats(synthetic.train)  # the model standardises by its training split's pixels
+    assert meta["epoch"] == 2 and meta["model"] == MNISTCNN(input_mean=mean, input_std=std).config()
     x = synthetic.test.images[:16].astype(np.float32) / 255
     state = result["state"]
     expected = model.apply({"params": state["params"], "batch_stats": state["batch_stats"]}, x)
