@@ -8,7 +8,12 @@ Checkpoint: --checkpoint if given, else checkpoints/ when a training run there h
 step, else the shipped pretrained/. Data: --data-dir if given, else $MNIST_DATA_DIR, else a
 copy tensorflow-datasets has prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets), else
 the 200 real test digits shipped in sample_data/ (with a note); --tfds reads (and on first
-use downloads) tensorflow-datasets' copy. Writes into --out (default outputs/demo: a new
+use downloads) tensorflow-datasets' copy. The dataset is the one the checkpoint was trained
+on (--dataset to choose another): for fashion_mnist/kmnist the folder variable is
+$FASHION_MNIST_DATA_DIR/$KMNIST_DATA_DIR, and there are no shipped images to fall back on.
+Figures name the classes by the checkpoint's class names. The confidences shown are
+softmax(logits / T) with the temperature the checkpoint stores (calibrated on the validation
+split; plain softmax, said so in the report, without one); the maps use the logits. Writes into --out (default outputs/demo: a new
 folder, or one holding a previous demo's output and nothing else):
 
     gallery.png             digit | GradCAM | saliency | Integrated Gradients | SmoothGrad
@@ -64,12 +69,6 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=90)
 
 
-def _confidences(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(-1, keepdims=True)
-
-
 def most_confused(cm: np.ndarray, top: int = 5) -> list[tuple[int, int, int]]:
     """``(true, predicted, count)`` of the ``top`` most frequent errors in a confusion matrix
     (rows true, columns predicted), most frequent first, plus every pair tied with the last;
@@ -81,10 +80,14 @@ def most_confused(cm: np.ndarray, top: int = 5) -> list[tuple[int, int, int]]:
     return [e for e in errors if e[2] >= errors[top - 1][2]]
 
 
-def contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps):
+def contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps, names=None):
     """One row per confused pair (true, predicted, count); per example three panels: the digit,
-    GradCAM for the true class, GradCAM for the predicted class (maps in ``examples`` order)."""
+    GradCAM for the true class, GradCAM for the predicted class (maps in ``examples`` order).
+    ``names``: the class names (default the digits)."""
+    from mnist_data import DIGITS
     from mnist_xai_visualizations import overlay_heatmap
+
+    names = names or DIGITS
 
     cols = 3 * CONTRAST_EXAMPLES
     fig = _figure(figsize=(1.6 * cols, 1.7 * len(pairs) + 0.5))
@@ -93,13 +96,13 @@ def contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps):
         ax.axis("off")
     k = 0
     for r, ((t, p, count), idx) in enumerate(zip(pairs, examples)):
-        axes[r, 0].text(-0.12, 0.5, f"true {t} → {p}\n{count} error{'s' * (count != 1)}",
+        axes[r, 0].text(-0.12, 0.5, f"true {names[t]} → {names[p]}\n{count} error{'s' * (count != 1)}",
                         transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=9)
         for j, i in enumerate(idx):
             x = images[i]
-            panels = ((x[..., 0], f"{t}→{p}, {100 * conf[i]:.0f}%"),
-                      (overlay_heatmap(x, true_maps[k]), f"GradCAM for {t}"),
-                      (overlay_heatmap(x, pred_maps[k]), f"GradCAM for {p}"))
+            panels = ((x[..., 0], f"{names[t]}→{names[p]}, {100 * conf[i]:.0f}%"),
+                      (overlay_heatmap(x, true_maps[k]), f"GradCAM for {names[t]}"),
+                      (overlay_heatmap(x, pred_maps[k]), f"GradCAM for {names[p]}"))
             for c, (img, title) in enumerate(panels):
                 ax = axes[r, 3 * j + c]
                 ax.imshow(img, cmap="gray" if c == 0 else None, vmin=0, vmax=1)
@@ -115,13 +118,24 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
              data_name: str, progress: bool = True, chunk: int = 500) -> dict:
     """Explain ``images_u8`` (N, 28, 28, 1) with the checkpoint's model; write ``OUTPUT_FILES``
     into ``out`` (figures on matplotlib Figures of their own: no pyplot, no backend chosen).
-    ``checkpoint`` None: the shipped pretrained/."""
+    ``checkpoint`` None: the shipped pretrained/.
+
+    Classes are named by the checkpoint's class names; the confidences drawn and reported are
+    the checkpoint's calibrated probabilities, softmax(logits / T), or plain softmax when it
+    stores no temperature (``CheckpointInfo.probabilities``). The explanations are unchanged
+    by T: GradCAM, saliency, IG and SmoothGrad use the logits, and the deletion AUCs the plain
+    softmax of the model as mnist_xai_metrics computes it."""
     from tqdm import tqdm
 
     import mnist_xai_visualizations as X
-    from mnist_checkpoint import load_checkpoint
+    from mnist_checkpoint import checkpoint_info, load_checkpoint
+    from mnist_data import CREDITS, DISPLAY_NAMES
 
     params, batch_stats, model, meta = load_checkpoint(checkpoint)
+    info = checkpoint_info(meta)
+    names = info.class_names
+    mnist = info.dataset == "mnist"
+    noun = "digit" if mnist else "image"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in OUTPUT_FILES:  # what a killed run left half-written
@@ -143,7 +157,7 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     cams, sals, logits = np.concatenate(cams), np.concatenate(sals), np.concatenate(logits)
     pass_seconds = time.perf_counter() - t0
     preds = logits.argmax(-1)
-    conf = _confidences(logits).max(-1)
+    conf = info.probabilities(logits).max(-1)  # calibrated when the checkpoint stores T
     correct = preds == labels
     accuracy = float(correct.mean())
 
@@ -173,12 +187,12 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
         }
         rows = [{f"{k}\n(deletion AUC {deletion_auc[k]:.3f})": v[i] for k, v in method_maps.items()}
                 for i in range(len(pick))]
-        fig = X.explanation_grid(xg, rows, ["digit", *rows[0]],
-                                 titles=[f"{labels[i]}: {100 * conf[i]:.1f}%" for i in pick])
-        fig.suptitle("Correctly classified digits (|IG| shown)", fontsize=10)
+        fig = X.explanation_grid(xg, rows, [noun, *rows[0]],
+                                 titles=[f"{names[labels[i]]}: {100 * conf[i]:.1f}%" for i in pick])
+        fig.suptitle(f"Correctly classified {noun}s (|IG| shown)", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.975))
     else:  # a weak checkpoint on a few digits
-        fig = _message_figure("no correctly classified digit")
+        fig = _message_figure(f"no correctly classified {noun}")
     _save(fig, out / "gallery.png")
 
     # 2. Class-average maps: where does the model look, on average, for each digit?
@@ -192,10 +206,10 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
                 ax.imshow(arr[sel].mean(0), cmap=cmap, vmin=0, vmax=None if r else 1)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0, c].set_title(f"{c} (n={int(sel.sum())})", fontsize=9)
-    for ax, name in zip(axes[:, 0], ("mean digit", "mean GradCAM", "mean saliency")):
+        axes[0, c].set_title(f"{names[c]} (n={int(sel.sum())})", fontsize=9)
+    for ax, name in zip(axes[:, 0], (f"mean {noun}", "mean GradCAM", "mean saliency")):
         ax.set_ylabel(name)
-    fig.suptitle(f"Class-average maps over {n} test digits", fontsize=11)
+    fig.suptitle(f"Class-average maps over {n} test {noun}s", fontsize=11)
     fig.tight_layout()
     _save(fig, out / "class_average_maps.png")
 
@@ -212,7 +226,10 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
                 ax.text(p, t, str(cm[t, p]), ha="center", va="center", fontsize=7,
                         color="white" if t == p else "black")
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
-           title=f"Confusion matrix, {n} digits, accuracy {100 * accuracy:.2f}%")
+           title=f"Confusion matrix, {n} {noun}s, accuracy {100 * accuracy:.2f}%")
+    if not mnist:  # the digits' own ticks otherwise: the MNIST figure as it was
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticklabels(names, fontsize=8)
     fig.colorbar(im, ax=ax, label="log(1 + count)")
     fig.tight_layout()
     _save(fig, out / "confusion_matrix.png")
@@ -223,9 +240,9 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     if pairs:
         idx = np.concatenate(examples)
         true_maps = np.asarray(X.normalize_maps(gradcam.attribute(params, batch_stats, images[idx], labels[idx])))
-        fig = contrastive_figure(images, conf, pairs, examples, true_maps, cams[idx])  # cams: predicted class
+        fig = contrastive_figure(images, conf, pairs, examples, true_maps, cams[idx], names)  # cams: predicted
     else:
-        fig = _message_figure("no misclassified digits")
+        fig = _message_figure(f"no misclassified {noun}s")
     _save(fig, out / "contrastive.png")
 
     # 4. Misclassified digits, most confident mistakes first.
@@ -239,9 +256,9 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):
         ax.imshow(images[i, :, :, 0], cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{labels[i]}→{preds[i]} {100 * conf[i]:.0f}%", fontsize=8)
+        ax.set_title(f"{names[labels[i]]}→{names[preds[i]]} {100 * conf[i]:.0f}%", fontsize=8 if mnist else 7)
     if not len(wrong):
-        axes[0, 0].text(0, 0.5, "no misclassified digits")
+        axes[0, 0].text(0, 0.5, f"no misclassified {noun}s")
     fig.suptitle(f"Misclassified: {int((~correct).sum())} of {n} (true→predicted, confidence)", fontsize=10)
     fig.tight_layout()
     _save(fig, out / "misclassified.png")
@@ -251,10 +268,13 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
                "top_confusions": [{"true": t, "predicted": p, "count": c} for t, p, c in pairs],
                "guessed_pairs": [{"pair": f"{a}/{b}", f"{a}->{b}": int(cm[a, b]), f"{b}->{a}": int(cm[b, a]),
                                   "among_top": any({t, p} == {a, b} for t, p, _ in pairs)}
-                                 for a, b in GUESSED_PAIRS],
+                                 for a, b in (GUESSED_PAIRS if mnist else ())],  # MNIST's digits' guesses
                "explain_pass_seconds": pass_seconds, "deletion_auc": deletion_auc,
                "deletion_auc_images": sub.stop,
-               "checkpoint": str(checkpoint or "pretrained"), "checkpoint_epoch": meta.get("epoch")}
+               "checkpoint": str(checkpoint or "pretrained"), "checkpoint_epoch": meta.get("epoch"),
+               "dataset": info.dataset, "dataset_name": DISPLAY_NAMES[info.dataset], "credit": CREDITS[info.dataset],
+               "class_names": list(names), "temperature": info.temperature,
+               "probabilities": info.probability_note}
     from mnist_xai_metrics import localisation_by_class  # where GradCAM's mass lies, per predicted class
     summary["gradcam_localisation"] = localisation_by_class(images, cams, preds)
     write_report(out, summary)
@@ -262,7 +282,10 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
 
 
 def write_report(out: Path, s: dict) -> None:
-    conf = ", ".join(f"{c['true']}→{c['predicted']} ({c['count']})" for c in s["top_confusions"]) or "none"
+    names = s.get("class_names") or [str(d) for d in range(10)]
+    noun = "digit" if s.get("dataset", "mnist") == "mnist" else "image"
+    conf = ", ".join(f"{names[c['true']]}→{names[c['predicted']]} ({c['count']})"
+                     for c in s["top_confusions"]) or "none"
     guesses = "; ".join(
         f"{g['pair']}: " + ", ".join(f"{k.replace('->', '→')} {v}" for k, v in g.items() if "->" in k)
         + (" (among the most confused)" if g["among_top"] else " (not among the most confused)")
@@ -270,7 +293,7 @@ def write_report(out: Path, s: dict) -> None:
     loc = s.get("gradcam_localisation")
     where = ""
     if loc:
-        per = lambda key, f: ", ".join(f"{c}: {v:{f}}" for c, v in enumerate(loc[key]) if v == v)  # noqa: E731
+        per = lambda key, f: ", ".join(f"{names[c]}: {v:{f}}" for c, v in enumerate(loc[key]) if v == v)  # noqa: E731
         where = (f"\nWhere GradCAM (as displayed) puts its mass, mean per predicted class: on the outer "
                  f"{loc['border']} px frame ({100 * loc['frame_area']:.0f}% of the image, what a uniform map gets) "
                  f"{loc['frame_share_mean']:.2f} overall — {per('frame_share', '.2f')}; on ink (pixels > "
@@ -278,24 +301,25 @@ def write_report(out: Path, s: dict) -> None:
                  "A frame share near or above the frame's area means the map glows along the border rather "
                  "than on the stroke: GradCAM credits the empty background (activations a blank image has too) "
                  "to the class, and most of the background lies in the frame (docs/frame-study.md).\n")
-    text = f"""# MNIST CNN explanations
+    guessed = f"- The pairs guessed to be confused, counted both ways: {guesses}\n" if s["guessed_pairs"] else ""
+    probabilities = f"- Confidences shown: {s['probabilities']}\n" if s.get("probabilities") else ""
+    text = f"""# {s.get('dataset_name', 'MNIST')} CNN explanations
 
 - Checkpoint: `{s['checkpoint']}` (epoch {s['checkpoint_epoch']})
-- Data: {s['data']} — {s['num_images']:,} digits
+- Data: {s['data']} — {s['num_images']:,} {noun}s
 - Accuracy: **{100 * s['accuracy']:.2f}%** ({s['errors']} errors)
-- Most-confused pairs (true→predicted, count): {conf}
-- The pairs guessed to be confused, counted both ways: {guesses}
-- GradCAM + saliency pass over all digits: {s['explain_pass_seconds']:.1f} s
+{probabilities}- Most-confused pairs (true→predicted, count): {conf}
+{guessed}- GradCAM + saliency pass over all {noun}s: {s['explain_pass_seconds']:.1f} s
 
-## Gallery: correctly classified digits
-Deletion AUC (lower is more faithful; mean over the first {s['deletion_auc_images']} digits):
+## Gallery: correctly classified {noun}s
+Deletion AUC (lower is more faithful; mean over the first {s['deletion_auc_images']} {noun}s):
 {", ".join(f"{k} {v:.3f}" for k, v in s['deletion_auc'].items())}.
 Full faithfulness table: `python evaluate_xai.py`.
 
 ![gallery](gallery.png)
 
 ## Class-average maps
-Mean digit, mean GradCAM and mean saliency per class (maps scaled to [0, 1] per image first).
+Mean {noun}, mean GradCAM and mean saliency per class (maps scaled to [0, 1] per image first).
 {where}![class averages](class_average_maps.png)
 
 ## Confusion matrix
@@ -305,18 +329,18 @@ Mean digit, mean GradCAM and mean saliency per class (maps scaled to [0, 1] per 
 GradCAM for the true class beside GradCAM for the predicted class.
 ![contrastive](contrastive.png)
 
-## Misclassified digits
+## Misclassified {noun}s
 ![misclassified](misclassified.png)
 
-MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.
+{s.get('credit', 'MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.')}
 """
     cli.write_atomic(out / "report.md", text)
     cli.write_atomic(out / "summary.json", json.dumps(s, indent=2))
 
 
 def main(argv=None) -> int:
-    from mnist_checkpoint import CHECKPOINT_FALLBACK, check_output_folder, default_checkpoint
-    from mnist_data import DATA_FALLBACK, MNISTDataError, load_test_or_sample
+    from mnist_checkpoint import CHECKPOINT_FALLBACK, check_output_folder, default_checkpoint, read_info
+    from mnist_data import DATA_FALLBACK, DATASETS, MNISTDataError, load_test_or_sample
 
     parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", metavar="PATH",
@@ -327,6 +351,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tfds", action="store_true",
                         help="read the test set with tensorflow-datasets, downloading it on first use "
                              "(pip install -r requirements-tfds.txt)")
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="whose test set to explain (default: the one the checkpoint was trained on)")
     parser.add_argument("--num-images", type=int, metavar="N", help="use only the first N test digits (default: all)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
                         help="output folder: new, or a previous demo's output (default: %(default)s)")
@@ -338,18 +364,25 @@ def main(argv=None) -> int:
         parser.error("--tfds and --data-dir are alternatives; give one")
 
     check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the work, not after
-    split, name, note = load_test_or_sample(args.data_dir, args.tfds)
+    checkpoint = args.checkpoint or default_checkpoint()
+    trained_on = read_info(checkpoint).dataset
+    dataset = args.dataset or trained_on
+    if dataset != trained_on:
+        print(f"note: the checkpoint was trained on {trained_on}; explaining {dataset}'s test set")
+    split, name, note = load_test_or_sample(args.data_dir, args.tfds, dataset)
     if note:
         print(note)
     if args.num_images:
         if args.num_images > len(split):
-            raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} digits available")
+            raise MNISTDataError(f"--num-images {args.num_images} is more than the {len(split)} "
+                                 f"{'digits' if dataset == 'mnist' else 'images'} available")
         if args.num_images < len(split):
-            name = f"the first {args.num_images} digits of {name}"
+            name = f"the first {args.num_images} {'digits' if dataset == 'mnist' else 'images'} of {name}"
         split = split.take(args.num_images)
-    checkpoint = args.checkpoint or default_checkpoint()
     summary = run_demo(split.images, split.labels, args.out, checkpoint, name, progress=not args.no_progress)
-    print(f"accuracy {100 * summary['accuracy']:.2f}% on {summary['num_images']} digits; "
+    if summary.get("probabilities"):
+        print(f"confidences: {summary['probabilities']}")
+    print(f"accuracy {100 * summary['accuracy']:.2f}% on {summary['num_images']} {'digits' if dataset == 'mnist' else 'images'}; "
           f"top confusions: {summary['top_confusions'][:3]}")
     print(f"wrote {', '.join(OUTPUT_FILES[:-1])} and {OUTPUT_FILES[-1]} into {args.out}")
     return 0

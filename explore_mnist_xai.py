@@ -15,6 +15,13 @@ lower = the map found the pixels the prediction rests on). "Compare with class" 
 maps for the predicted class and the chosen one side by side ("why 4 and not 9"). The fast
 methods appear first; Score-CAM, Occlusion, Integrated Gradients and SmoothGrad fill in after.
 
+Classes are named by the checkpoint's class names (the digits for MNIST; a Fashion-MNIST or
+KMNIST checkpoint from train_mnist.py --dataset shows its own). The probabilities shown are
+calibrated, softmax(logits / T) with the temperature the checkpoint stores (fitted on the
+validation split), and the model's line says so with its T; a checkpoint without one shows
+plain softmax and says that instead. The maps and their deletion AUCs do not depend on T:
+the explanations use the logits, the AUCs the plain softmax, as mnist_xai_metrics does.
+
 Nothing leaves the machine: no share link, no analytics, no fonts or scripts from the web.
 A missing or broken checkpoint is one line on stderr and exit code 2, before the server starts.
 MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges, CC BY-SA 3.0.
@@ -132,21 +139,36 @@ class LoadedModel:
     params: object
     batch_stats: object
     description: str = ""
+    class_names: tuple = tuple(str(d) for d in range(10))  # the checkpoint's (mnist_checkpoint.checkpoint_info)
+    temperature: float | None = None  # shown probabilities: softmax(logits / T); None: plain softmax
+
+
+def shown_probabilities(logits, temperature: float | None) -> np.ndarray:
+    """The probabilities the page shows: softmax(logits / T), plain softmax when T is None."""
+    from mnist_calibration import softmax
+    return softmax(logits, temperature or 1.0)
 
 
 def load_models(paths) -> list[LoadedModel]:
     """Load each checkpoint (None: the shipped one). Raises CheckpointError with one line."""
-    from mnist_checkpoint import PRETRAINED_DIR, load_checkpoint
+    from mnist_checkpoint import PRETRAINED_DIR, checkpoint_info, load_checkpoint
+    from mnist_data import DISPLAY_NAMES
 
     out = []
     for path in paths or [None]:
         params, batch_stats, model, meta = load_checkpoint(path)
+        info = checkpoint_info(meta)
         name = Path(path).name if path else PRETRAINED_DIR.name
         acc = meta.get("val_accuracy")
         described = f"{meta.get('num_params', 0):,} parameters" if meta.get("num_params") else ""
+        if info.dataset != "mnist":
+            described += f"{', ' if described else ''}trained on {DISPLAY_NAMES[info.dataset]}"
         if isinstance(acc, (int, float)):
             described += f"{', ' if described else ''}validation accuracy {100 * acc:.2f}%"
-        out.append(LoadedModel(name or str(path), model, params, batch_stats, described))
+        described += (f"{', ' if described else ''}calibrated probabilities (T = {info.temperature:.3g})"
+                      if info.calibrated else f"{', ' if described else ''}plain softmax (no temperature stored)")
+        out.append(LoadedModel(name or str(path), model, params, batch_stats, described, info.class_names,
+                               info.temperature))
     if len(out) == 2 and out[0].name == out[1].name:
         out[0].name, out[1].name = f"A: {out[0].name}", f"B: {out[1].name}"
     return out
@@ -182,7 +204,9 @@ class ModelResult:
 
     name: str
     description: str
-    probs: np.ndarray | None = None  # (10,)
+    probs: np.ndarray | None = None  # (10,) as shown: softmax(logits / T), the model's temperature
+    class_names: tuple = tuple(str(d) for d in range(10))
+    softmax: np.ndarray | None = None  # (10,) plain softmax(logits): the deletion AUCs' start
     pred: int | None = None
     targets: list[int] = field(default_factory=list)  # [predicted] or [predicted, chosen]
     maps: dict = field(default_factory=dict)  # method -> (T, 28, 28) raw maps
@@ -259,7 +283,8 @@ class Explorer:
         stacked = np.concatenate([r.maps[k] for k in methods])
         targets = np.tile(np.asarray(r.targets, np.int32), len(methods))
         images = np.repeat(image[None, :, :, None], len(stacked), axis=0)
-        probs = np.repeat(r.probs[None].astype(np.float32), len(stacked), axis=0)
+        start = r.softmax if r.softmax is not None else r.probs  # plain softmax: AUCs do not depend on T
+        probs = np.repeat(start[None].astype(np.float32), len(stacked), axis=0)
         aucs = M.deletion_insertion(m.model, m.params, m.batch_stats, images, stacked, targets,
                                     steps=DELETION_STEPS, probs=probs)["deletion_auc"]
         t = len(r.targets)
@@ -290,7 +315,7 @@ class Explorer:
         if chosen is not None and not (isinstance(chosen, (int, np.integer)) and not isinstance(chosen, bool)
                                        and 0 <= chosen <= 9):
             raise ValueError(f"chosen: expected a class 0-9 or None, got {chosen!r}")
-        results = [ModelResult(m.name, m.description) for m in self.models]
+        results = [ModelResult(m.name, m.description, class_names=tuple(m.class_names)) for m in self.models]
         remaining = list(self.methods)
         for k, stage in enumerate(self.stages[:stages]):
             live = [i for i, r in enumerate(results) if r.error is None]
@@ -306,7 +331,8 @@ class Explorer:
                 r = results[i]
                 if r.pred is None:  # the first stage's first row explained the predicted class
                     logits = rows[0][1]
-                    r.probs = np.asarray(jax.nn.softmax(logits), np.float64)
+                    r.softmax = np.asarray(jax.nn.softmax(logits), np.float64)
+                    r.probs = shown_probabilities(np.asarray(logits), self.models[i].temperature)
                     r.pred = int(np.argmax(logits))
                     r.targets = [r.pred] + ([chosen] if chosen is not None and chosen != r.pred else [])
                     rows = rows[:len(r.targets)]  # the chosen class was the prediction: one row
@@ -443,16 +469,17 @@ def render_model(r: ModelResult | None, image: np.ndarray | None, pending=(), in
         msg = r.error if r is not None and r.error else "Draw a digit to see the prediction and its explanations."
         return f'<div class="xe-model" data-model="{index}">{head}<div class="xe-wait">{html.escape(msg)}</div></div>'
     p = r.probs
+    names = [html.escape(n) for n in r.class_names]
     chosen = r.targets[1] if len(r.targets) > 1 else None
     bars = []
     for c in range(len(p)):
         cls = " pred" if c == r.pred else (" chosen" if c == chosen else "")
-        bars.append(f'<div class="xe-bar{cls}" data-class="{c}"><span class="xe-d">{c}</span>'
+        bars.append(f'<div class="xe-bar{cls}" data-class="{c}"><span class="xe-d">{names[c]}</span>'
                     f'<span class="xe-track"><span class="xe-fill" style="width:{100 * p[c]:.1f}%"></span></span>'
                     f'<span class="xe-p">{100 * p[c]:.1f}%</span></div>')
-    pred = (f'<div class="xe-pred" data-pred="{r.pred}">Prediction: <b>{r.pred}</b> ({100 * p[r.pred]:.1f}%)'
-            + (f' &nbsp;·&nbsp; compared with <b class="xe-chosen-d">{chosen}</b> ({100 * p[chosen]:.1f}%): '
-               f'why {r.pred} and not {chosen}?' if chosen is not None else "") + "</div>")
+    pred = (f'<div class="xe-pred" data-pred="{r.pred}">Prediction: <b>{names[r.pred]}</b> ({100 * p[r.pred]:.1f}%)'
+            + (f' &nbsp;·&nbsp; compared with <b class="xe-chosen-d">{names[chosen]}</b> ({100 * p[chosen]:.1f}%): '
+               f'why {names[r.pred]} and not {names[chosen]}?' if chosen is not None else "") + "</div>")
     figures = []
     for method in methods_in_order():
         cells = []
@@ -462,11 +489,11 @@ def render_model(r: ModelResult | None, image: np.ndarray | None, pending=(), in
                 auc = r.aucs.get(method)
                 auc_text = f"deletion AUC {auc[j]:.3f}" if auc is not None else "deletion AUC …"
                 cells.append(f'<div class="xe-cell" data-target="{t}"><img class="xe-px" src="{r.pictures[method][j]}" '
-                             f'alt="{TITLES.get(method, method)} map for class {t}" width="96" height="96">'
-                             f'<div class="xe-auc">class {t} ({label})<br>{auc_text}</div></div>')
+                             f'alt="{TITLES.get(method, method)} map for class {names[t]}" width="96" height="96">'
+                             f'<div class="xe-auc">class {names[t]} ({label})<br>{auc_text}</div></div>')
             else:
                 cells.append(f'<div class="xe-cell pending" data-target="{t}"><div class="xe-spin">computing…</div>'
-                             f'<div class="xe-auc">class {t} ({label})<br>&nbsp;</div></div>')
+                             f'<div class="xe-auc">class {names[t]} ({label})<br>&nbsp;</div></div>')
         state = "done" if method in r.maps else "pending"
         figures.append(f'<figure class="xe-map {state}" data-method="{method}"><figcaption>{TITLES.get(method, method)}'
                        f'</figcaption><div class="xe-pair">{"".join(cells)}</div></figure>')
@@ -697,7 +724,9 @@ def build_app(app: App):
                 model_input = gr.HTML(render_input(None), elem_id="xe-input")
                 status = gr.HTML(render_status("Draw a digit to start."), elem_id="xe-status")
         with gr.Row():
-            target = gr.Radio(["none"] + [str(d) for d in range(10)], value="none", elem_id="xe-target",
+            names = app.explorer.models[0].class_names  # the first model's classes (the digits for MNIST)
+            target = gr.Radio(["none"] + [(n, str(d)) if n != str(d) else n for d, n in enumerate(names)],
+                              value="none", elem_id="xe-target",
                               label="Compare with class: why the prediction and not this one?")
         with gr.Accordion("Options of the slower methods", open=False):
             with gr.Row():

@@ -337,3 +337,10 @@ def check_writable(path: str | os.PathLike, flag: str) -> None:
         probe.rmdir()
     except OSError as e:
         raise ValueError(f"{flag} {path}: cannot write there ({e.strerror})") from None
+
+
+def read_info(path: str | os.PathLike | None = None) -> CheckpointInfo:
+    """``checkpoint_info`` of the checkpoint at ``path`` (None: pretrained/) from its metadata
+    alone, without reading the weights: what a script needs before it loads the data."""
+    step_dir = resolve_checkpoint_dir(PRETRAINED_DIR if path is None else path)
+    return checkpoint_info(_read_meta(step_dir), str(step_dir))

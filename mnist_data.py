@@ -86,6 +86,9 @@ IDX_CLASS_NAMES = {
 DATASET_URLS = {"mnist": MNIST_URLS,
                 "fashion_mnist": ("https://github.com/zalandoresearch/fashion-mnist",),
                 "kmnist": ("https://github.com/rois-codh/kmnist",)}
+CREDITS = {"mnist": "MNIST: Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA 3.0.",
+           "fashion_mnist": "Fashion-MNIST: Han Xiao, Kashif Rasul, Roland Vollgraf (Zalando Research); MIT licence.",
+           "kmnist": "KMNIST: Tarin Clanuwat et al. (ROIS-DS Center for Open Data in the Humanities); CC BY-SA 4.0."}
 TFDS_HOSTS = {"mnist": TFDS_HOST, "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
               "kmnist": ("codh.rois.ac.jp", 80)}
 
