@@ -187,8 +187,10 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
         }
         rows = [{f"{k}\n(deletion AUC {deletion_auc[k]:.3f})": v[i] for k, v in method_maps.items()}
                 for i in range(len(pick))]
-        fig = X.explanation_grid(xg, rows, [noun, *rows[0]],
+        fig = X.explanation_grid(xg, rows, ["digit", *rows[0]],  # "digit": the image column, by name
                                  titles=[f"{names[labels[i]]}: {100 * conf[i]:.1f}%" for i in pick])
+        if not mnist:
+            fig.axes[0].set_title(noun, fontsize=8)
         fig.suptitle(f"Correctly classified {noun}s (|IG| shown)", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.975))
     else:  # a weak checkpoint on a few digits
