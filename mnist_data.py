@@ -173,12 +173,12 @@ def _candidates(folder: Path, stem: str, kind: str) -> list[Path]:
     return [folder / (n + ext) for n in names for ext in (".gz", "")]
 
 
-def find_idx_file(folder: Path, stem: str, kind: str) -> Path:
+def find_idx_file(folder: Path, stem: str, kind: str, hint: str = GET_DATA_HINT) -> Path:
     for path in _candidates(folder, stem, kind):
         if path.is_file():
             return path
     tried = ", ".join(p.name for p in _candidates(folder, stem, kind))
-    raise MNISTDataError(f"{folder}: no {stem} file found (looked for {tried}); {GET_DATA_HINT}")
+    raise MNISTDataError(f"{folder}: no {stem} file found (looked for {tried}); {hint}")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -211,11 +211,11 @@ def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
-def load_idx_split(folder: str | os.PathLike, split: str) -> Split:
+def load_idx_split(folder: str | os.PathLike, split: str, dataset: str = "mnist") -> Split:
     folder = Path(folder)
     image_stem, label_stem = SPLIT_FILES[split]
-    image_path = find_idx_file(folder, image_stem, "idx3")
-    label_path = find_idx_file(folder, label_stem, "idx1")
+    image_path = find_idx_file(folder, image_stem, "idx3", get_data_hint(dataset))
+    label_path = find_idx_file(folder, label_stem, "idx1", get_data_hint(dataset))
     images = read_idx(image_path, IMAGE_MAGIC)
     labels = read_idx(label_path, LABEL_MAGIC)
     if images.shape[1:] != (ROWS, COLS):
@@ -469,7 +469,7 @@ def load_mnist(data_dir: str | None = None, num_validation: int = 5_000, split_s
         source = f"tfds:{dataset}"
     else:
         folder = _idx_folder(source, dataset)
-        train, test = load_idx_split(folder, "train"), load_idx_split(folder, "test")
+        train, test = load_idx_split(folder, "train", dataset), load_idx_split(folder, "test", dataset)
         names = class_names(dataset)
     train, val = split_validation(train, num_validation, split_seed)
     return MNIST(train, val, test, source, dataset, names)
@@ -485,7 +485,7 @@ def load_test_split(data_dir: str | None = None, tfds: bool = False, dataset: st
         where = "the tensorflow-datasets copy"
     else:
         where = _idx_folder(source, dataset)
-        split = load_idx_split(where, "test")
+        split = load_idx_split(where, "test", dataset)
     if len(split) == 0:  # a valid IDX file can hold none; nothing can be evaluated on it
         raise MNISTDataError(f"{where}: expected test images, the test files hold none")
     return split
