@@ -1,4 +1,4 @@
-"""Issue 15: does GradCAM of the shipped model look at the frame, and why? (docs/frame-study.md)
+"""Issue 15: why GradCAM of the previous shipped model looked at the frame (docs/frame-study.md)
 
     # recipe variants (one at a time: each is a full training run of train_mnist's code path)
     python benchmarks/frame_study.py train runs/e2_nols --epochs 2 --label-smoothing 0
@@ -9,6 +9,8 @@
     python benchmarks/frame_study.py cause --data-dir ../shared/data/mnist
     # the class-average maps the demos show, and what they say about "0: the loop" etc.
     python benchmarks/frame_study.py classes --data-dir ../shared/data/mnist
+    # how peaked Score-CAM's channel weights are (why its randomisation check differs by model)
+    python benchmarks/frame_study.py scorecam-weights PREVIOUS pretrained --data-dir ../shared/data/mnist
 
 Frame share: the share of a map's positive attribution on the outer 4 px of the 28x28 map
 (= the 7x7 CAM's outer ring of cells, 49% of the area); ink ratio: its share on ink
@@ -497,6 +499,39 @@ def save_class_figure(images, labels, shown, ref, path) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
+def cmd_scorecam_weights(args) -> int:
+    """How peaked Score-CAM's channel weights are: softmax over the channels of the target logit
+    on each channel-masked input (the weights ScoreCAM.low_res_cam uses), per checkpoint."""
+    import jax
+    import jax.numpy as jnp
+
+    import mnist_xai_visualizations as X
+    from mnist_checkpoint import load_checkpoint
+
+    images, _ = load_images(args.data_dir, args.num_images)
+    print(f"Score-CAM's channel weights on the first {len(images)} test digits, predicted class.\n")
+    print("| checkpoint | target logit on the masked inputs: mean | its spread over channels (std) "
+          "| top channel's weight, median | effective channels 1/Σw², median (of C) |")
+    print("|---|---|---|---|---|")
+    for path in args.checkpoints:
+        params, batch_stats, model, _ = load_checkpoint(None if path == "pretrained" else path)
+        sc = X.ScoreCAM(model)
+        sc.attribute(params, batch_stats, images[:1])  # checks the model and caches its layer
+        v = {"params": params, "batch_stats": batch_stats}
+        fm, logits = sc.activations(v, jnp.asarray(images))
+        t = logits.argmax(-1)
+        n, h, w, c = fm.shape
+        masks = X.normalize_maps(X.upsample(jnp.moveaxis(fm, -1, 1).reshape(n * c, h, w), images.shape[1:3],
+                                            align_corners=True)).reshape(n, c, *images.shape[1:3], 1)
+        scores = np.concatenate([np.asarray(sc.logits(v, (images[i:i + 10, None] * masks[i:i + 10]).reshape(
+            -1, *images.shape[1:]))).reshape(-1, c, logits.shape[-1]) for i in range(0, n, 10)])
+        target = np.take_along_axis(scores, np.asarray(t)[:, None, None], 2)[..., 0]  # (n, C)
+        weights = np.asarray(jax.nn.softmax(target, axis=1))
+        print(f"| `{path}` | {target.mean():.2f} | {target.std(1).mean():.2f} | {np.median(weights.max(1)):.3f} "
+              f"| {np.median(1 / (weights ** 2).sum(1)):.1f} (of {c}) |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import cli
     p = cli.parser(__doc__)
@@ -508,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=15)
     t.add_argument("--learning-rate", type=float, default=3e-3)
     t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--label-smoothing", type=float, default=0.1)
+    t.add_argument("--label-smoothing", type=float, default=0.1, help="default: the recipe the study started from")
     t.add_argument("--dropout", type=float, default=0.5)
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--max-rotation", type=float, default=10.0)
@@ -524,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--num-images", type=int, default=2000, help="digits for the maps (default: %(default)s)")
         s.add_argument("--json")
         s.set_defaults(fn=fn)
+    w = sub.add_parser("scorecam-weights", help="how peaked Score-CAM's channel weights are, per checkpoint")
+    w.add_argument("checkpoints", nargs="+", help="checkpoint folders; 'pretrained' for the shipped one")
+    w.add_argument("--data-dir")
+    w.add_argument("--num-images", type=int, default=100, help="default: %(default)s")
+    w.set_defaults(fn=cmd_scorecam_weights)
     c = sub.add_parser("cause", help="the shipped model: methods, 7x7 rows, interventions")
     c.add_argument("--checkpoint")
     c.add_argument("--data-dir")
