@@ -123,8 +123,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     Classes are named by the checkpoint's class names; the confidences drawn and reported are
     the checkpoint's calibrated probabilities, softmax(logits / T), or plain softmax when it
     stores no temperature (``CheckpointInfo.probabilities``). The explanations are unchanged
-    by T: GradCAM, saliency, IG and SmoothGrad use the logits, and the deletion AUCs the plain
-    softmax of the model as mnist_xai_metrics computes it."""
+    by T: GradCAM, saliency, IG and SmoothGrad use the logits; the deletion AUCs track the
+    probability as shown, softmax(logits / T), as evaluate_xai.py scores them."""
     from tqdm import tqdm
 
     import mnist_xai_visualizations as X
@@ -175,8 +175,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
         maps = explainer.attribute(params, batch_stats, images[sub], preds[sub])
         if name == "Integrated Gradients":
             maps = np.abs(maps)
-        deletion_auc[name] = float(deletion_insertion(model, params, batch_stats, images[sub], maps, preds[sub])
-                                   ["deletion_auc"].mean())
+        deletion_auc[name] = float(deletion_insertion(model, params, batch_stats, images[sub], maps, preds[sub],
+                                                      temperature=info.temperature or 1.0)["deletion_auc"].mean())
     if pick:
         xg = images[pick]
         method_maps = {

@@ -8,7 +8,9 @@ Checkpoint: --checkpoint if given, else checkpoints/ when a training run there h
 step, else the shipped pretrained/. Data: --data-dir if given, else $MNIST_DATA_DIR, else a
 copy tensorflow-datasets has prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets), else
 the 200 real test digits shipped in sample_data/ (with a note); --tfds reads (and on first
-use downloads) tensorflow-datasets' copy.
+use downloads) tensorflow-datasets' copy. The dataset is the one the checkpoint was trained
+on: for fashion_mnist/kmnist the folder variable is $FASHION_MNIST_DATA_DIR/$KMNIST_DATA_DIR,
+and there are no shipped images to fall back on.
 
 For each method: deletion and insertion AUC (with bootstrap 95% intervals) against a random
 and a Sobel-edge baseline, the cascading parameter-randomisation test (on a subset of
@@ -206,7 +208,8 @@ def plot_curves(report: dict, path: Path) -> None:
                ylabel="target class probability" + (f" (calibrated, T = {t:.2f})" if t != 1.0 else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{report['num_images']} MNIST test digits; AUC in brackets", fontsize=10)
+    fig.suptitle(f"{report['num_images']} {report.get('dataset_name', 'MNIST')} test images; AUC in brackets",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -347,14 +350,15 @@ def main(argv=None) -> int:
 
     import jax
 
-    from mnist_checkpoint import check_output_folder, default_checkpoint, load_checkpoint
-    from mnist_data import MNISTDataError, load_test_or_sample
+    from mnist_checkpoint import check_output_folder, checkpoint_info, default_checkpoint, load_checkpoint
+    from mnist_data import DISPLAY_NAMES, MNISTDataError, load_test_or_sample
 
     check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the minutes of work, not after
     params, batch_stats, model, meta = load_checkpoint(args.checkpoint or default_checkpoint())
+    info = checkpoint_info(meta)  # the test set of the dataset it was trained on, its temperature
     if temperature is None:
-        temperature = float(meta.get("temperature", 1.0))
-    split, _, note = load_test_or_sample(args.data_dir, args.tfds)
+        temperature = info.temperature or 1.0
+    split, _, note = load_test_or_sample(args.data_dir, args.tfds, info.dataset)
     if note:
         print(note)
     num_images = args.num_images or min(1000, len(split))
@@ -365,7 +369,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     report, example = evaluate_methods(params, batch_stats, model, images, split.labels, methods, args.seed,
                                        args.steps, args.randomization_images, temperature=temperature)
-    report.update({"seconds": time.perf_counter() - t0, "date": datetime.date.today().isoformat(),
+    report.update({"dataset": info.dataset, "dataset_name": DISPLAY_NAMES[info.dataset],
+                   "class_names": list(info.class_names),
+                   "seconds": time.perf_counter() - t0, "date": datetime.date.today().isoformat(),
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}"})
     print(format_table(report))
     command = "python evaluate_xai.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -19,8 +19,9 @@ Classes are named by the checkpoint's class names (the digits for MNIST; a Fashi
 KMNIST checkpoint from train_mnist.py --dataset shows its own). The probabilities shown are
 calibrated, softmax(logits / T) with the temperature the checkpoint stores (fitted on the
 validation split), and the model's line says so with its T; a checkpoint without one shows
-plain softmax and says that instead. The maps and their deletion AUCs do not depend on T:
-the explanations use the logits, the AUCs the plain softmax, as mnist_xai_metrics does.
+plain softmax and says that instead. The maps do not depend on T (the explanations use the
+logits); the deletion AUCs track the probability as shown, softmax(logits / T), as
+evaluate_xai.py scores them.
 
 Nothing leaves the machine: no share link, no analytics, no fonts or scripts from the web.
 A missing or broken checkpoint is one line on stderr and exit code 2, before the server starts.
@@ -206,7 +207,6 @@ class ModelResult:
     description: str
     probs: np.ndarray | None = None  # (10,) as shown: softmax(logits / T), the model's temperature
     class_names: tuple = tuple(str(d) for d in range(10))
-    softmax: np.ndarray | None = None  # (10,) plain softmax(logits): the deletion AUCs' start
     pred: int | None = None
     targets: list[int] = field(default_factory=list)  # [predicted] or [predicted, chosen]
     maps: dict = field(default_factory=dict)  # method -> (T, 28, 28) raw maps
@@ -283,10 +283,10 @@ class Explorer:
         stacked = np.concatenate([r.maps[k] for k in methods])
         targets = np.tile(np.asarray(r.targets, np.int32), len(methods))
         images = np.repeat(image[None, :, :, None], len(stacked), axis=0)
-        start = r.softmax if r.softmax is not None else r.probs  # plain softmax: AUCs do not depend on T
-        probs = np.repeat(start[None].astype(np.float32), len(stacked), axis=0)
+        probs = np.repeat(r.probs[None].astype(np.float32), len(stacked), axis=0)  # as shown: softmax(z / T)
         aucs = M.deletion_insertion(m.model, m.params, m.batch_stats, images, stacked, targets,
-                                    steps=DELETION_STEPS, probs=probs)["deletion_auc"]
+                                    steps=DELETION_STEPS, probs=probs,
+                                    temperature=m.temperature or 1.0)["deletion_auc"]
         t = len(r.targets)
         for i, method in enumerate(methods):
             r.aucs[method] = np.asarray(aucs[i * t:(i + 1) * t])
@@ -306,8 +306,6 @@ class Explorer:
         """Yield Reports for one digit: image (28, 28) float in [0, 1]; ``chosen``: a class to
         compare the prediction with (None: the prediction alone); ``stages``: stop after that
         many stages (None: all)."""
-        import jax
-
         t0 = time.perf_counter()
         image = np.asarray(image, np.float32)
         if image.shape != (28, 28):
@@ -331,7 +329,6 @@ class Explorer:
                 r = results[i]
                 if r.pred is None:  # the first stage's first row explained the predicted class
                     logits = rows[0][1]
-                    r.softmax = np.asarray(jax.nn.softmax(logits), np.float64)
                     r.probs = shown_probabilities(np.asarray(logits), self.models[i].temperature)
                     r.pred = int(np.argmax(logits))
                     r.targets = [r.pred] + ([chosen] if chosen is not None and chosen != r.pred else [])

@@ -133,14 +133,6 @@ def calibration_report(val_logits, val_labels, test_logits, test_labels, bins: i
 # ----------------------------------------------------------------------------- checkpoints (JAX)
 
 
-def _write_json_atomic(path, obj, indent: int | None = 2) -> None:
-    """JSON through ``cli.write_atomic``; kept for benchmarks/calibrate_checkpoint.py, which calls it."""
-    import json
-
-    from cli import write_atomic
-    write_atomic(path, json.dumps(obj, indent=indent))
-
-
 def model_logits(model, params, batch_stats, images_u8, batch_size: int = 1000) -> np.ndarray:
     """Logits (N, classes) of uint8 images (N, 28, 28, 1), in fixed-size batches (the last padded)."""
     import jax
@@ -179,9 +171,11 @@ def calibrate_checkpoint(step_dir, validation, test=None, batch_size: int = 1000
                   "val_ece_after": expected_calibration_error(softmax(val_logits, t), validation.labels)}
     meta_file = Path(step_dir) / "meta" / "metadata"
     import json
+
+    from cli import write_atomic
     meta = json.loads(meta_file.read_text())
     meta.update({"temperature": report["temperature"], "calibration": report})
-    _write_json_atomic(meta_file, meta, indent=None)  # one line, as orbax writes it
+    write_atomic(meta_file, json.dumps(meta))  # one line, as orbax writes it
     return report
 
 

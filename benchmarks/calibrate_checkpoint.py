@@ -9,7 +9,7 @@ split ``train_mnist.py`` uses for every run; its ``num_validation`` is read from
 checkpoint's train_config), then reports the expected calibration error (15 equal-width bins)
 on the 10,000 test digits before and after. Writes ``temperature`` and ``calibration`` into
 the checkpoint step's metadata and, when the checkpoint folder has one, into its
-``metrics.json`` (``temperature``, ``ece``), each file rewritten atomically (a temporary file
+``metrics.json`` (``temperature``, ``calibration``, as a training run writes them), each file rewritten atomically (a temporary file
 renamed into place), metadata first. ``--dry-run`` only prints.
 """
 from __future__ import annotations
@@ -30,21 +30,22 @@ def main(argv=None) -> int:
     import cli
     parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", default=str(ROOT / "pretrained"), help="default: the shipped pretrained/")
-    parser.add_argument("--data-dir", help="MNIST IDX folder (default: $MNIST_DATA_DIR, else tfds)")
+    parser.add_argument("--data-dir", help="IDX folder of the checkpoint's dataset (default: $MNIST_DATA_DIR, else tfds)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures, write nothing")
     args = parser.parse_args(argv)
 
     import numpy as np
 
     import mnist_calibration as C
-    from mnist_checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_dir
+    from cli import write_atomic
+    from mnist_checkpoint import CheckpointError, checkpoint_info, load_checkpoint, resolve_checkpoint_dir
     from mnist_data import MNISTDataError, load_mnist
 
     try:
         step_dir = resolve_checkpoint_dir(args.checkpoint)
         params, batch_stats, model, meta = load_checkpoint(step_dir)
         num_val = int((meta.get("train_config") or {}).get("num_validation", 5000))
-        data = load_mnist(args.data_dir, num_validation=num_val)
+        data = load_mnist(args.data_dir, num_validation=num_val, dataset=checkpoint_info(meta).dataset)
     except (CheckpointError, MNISTDataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -69,14 +70,12 @@ def main(argv=None) -> int:
     meta_file = Path(step_dir) / "meta" / "metadata"
     stored = json.loads(meta_file.read_text())
     stored.update({"temperature": report["temperature"], "calibration": report})
-    C._write_json_atomic(meta_file, stored, indent=None)  # one line, as orbax writes it
+    write_atomic(meta_file, json.dumps(stored))  # one line, as orbax writes it
     metrics_file = Path(step_dir).parent.parent / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
-        metrics.update({"temperature": report["temperature"],
-                        "ece": {"bins": report["ece_bins"], "test_before": report["test_ece_before"],
-                                "test_after": report["test_ece_after"], "fitted_on": report["fitted_on"]}})
-        C._write_json_atomic(metrics_file, metrics)
+        metrics.update({"temperature": report["temperature"], "calibration": report})  # as train_mnist.py writes it
+        write_atomic(metrics_file, json.dumps(metrics, indent=2))
     print(f"wrote temperature into {meta_file}" + (f" and {metrics_file}" if metrics_file.is_file() else ""))
     return 0
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import explore_mnist_xai as E
+import mnist_xai_metrics as M
 import mnist_xai_visualizations as X
 from mnist_data import load_sample_digits
 
@@ -79,6 +80,12 @@ def test_a_sample_digit_gets_its_label_every_map_and_auc(explorer, samples):
     ref = X.make_explainer("gradcam", explorer.models[0].model).attribute(
         explorer.models[0].params, explorer.models[0].batch_stats, image[None, :, :, None])
     np.testing.assert_allclose(r.maps["gradcam"], ref, rtol=1e-5, atol=1e-6)
+    # and the AUCs are evaluate_xai's: deletion of the probability as shown, softmax(logits / T)
+    m = explorer.models[0]
+    assert m.temperature and abs(m.temperature - 1) > 0.1  # the shipped checkpoint stores T = 1.57
+    auc = M.deletion_insertion(m.model, m.params, m.batch_stats, image[None, :, :, None], r.maps["gradcam"],
+                               [r.pred], steps=E.DELETION_STEPS, temperature=m.temperature)["deletion_auc"]
+    np.testing.assert_allclose(r.aucs["gradcam"], auc, rtol=1e-4)
 
 
 def test_target_choice_gives_two_rows_that_differ(explorer, samples):
