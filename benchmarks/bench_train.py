@@ -22,6 +22,29 @@ evaluated, untimed, every ``--eval-every`` steps. CONFIGS is ``;``-separated, ea
 
     python benchmarks/bench_train.py --data-dir .data/mnist \
         --after-compile "batch=128;batch=512,augment=0;ref=1"
+
+``--vs-torch [CONFIGS]`` races the project against its PyTorch twin (``benchmarks/torch_twin.py``:
+the same CNN, init and recipe, see its docstring) on the CPU. Each config runs in a fresh
+process, timed from its spawn (interpreter start, imports, data loading and, for JAX,
+compilation included): JAX runs ``train_mnist.train_and_evaluate`` as the command line does
+(TrainConfig's defaults, augmentation on, the compilation cache of ``cli.before_jax``, the
+per-epoch validation, checkpoint and curves, the final test pass and calibration); the twin
+runs from another venv (``--torch-python``, requirements-bench.txt) with 2 threads, its own
+per-epoch validation and ``torch.save``, augmentation off. Both evaluate the test set
+``--evals-per-epoch`` times an epoch (from ``--eval-from`` epochs on) with the clock stopped:
+"s to 99.0%" is training-process time to the first evaluation at >= 99.0%, evaluations
+excluded, on both sides alike. images/s is over the steps after the first (training only).
+"process s" is the whole process (the JAX run's final test pass and calibration included),
+again less the benchmark's own evaluations. CONFIGS is ``;``-separated, each a
+``,``-separated list of ``side=jax|torch,epochs=1,batch=128,lr=3e-3,augment=<side's
+default>,max_train=0,repo=<another checkout, for JAX>,label=...``; ``--repeat`` interleaves
+rounds; ``--cache DIR`` keeps one JAX compilation cache per config (the first run fills it),
+else every JAX run starts with an empty one::
+
+    python -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install -r requirements-bench.txt
+    python benchmarks/bench_train.py --data-dir DIR --vs-torch --torch-python /tmp/benchvenv/bin/python
+    python benchmarks/bench_train.py --data-dir DIR --torch-python /tmp/benchvenv/bin/python --repeat 2 \
+        --vs-torch "label=before,repo=../main;label=after;side=torch" --cache /tmp/bench_cache
 """
 import time
 
@@ -256,7 +279,7 @@ def emit(event: str, spawn: float, paused: float, **fields) -> None:
 
 
 def jax_child(data_dir: str, epochs: int, batch: int, lr: float, augment: bool, evals_per_epoch: int,
-              max_train: int | None = None) -> int:
+              max_train: int | None = None, eval_from: float = 0.0) -> int:
     """``train_mnist.train_and_evaluate`` as the command line runs it (TrainConfig's defaults but for
     these fields), the test set evaluated off the clock every 1/evals_per_epoch of an epoch.
 
@@ -286,7 +309,7 @@ def jax_child(data_dir: str, epochs: int, batch: int, lr: float, augment: bool, 
             if step == len(idx):
                 jax.block_until_ready(state)
                 emit("first_step", spawn, clock["paused"])
-            if step % steps_per_epoch in {s % steps_per_epoch for s in eval_at}:
+            if step % steps_per_epoch in {s % steps_per_epoch for s in eval_at} and step >= eval_from * steps_per_epoch:
                 t0 = time.perf_counter()
                 acc = T.evaluate(model, state["params"], state["batch_stats"], data.test, cfg.eval_batch_size,
                                  eval_fn)["accuracy"]
@@ -308,14 +331,15 @@ def jax_child(data_dir: str, epochs: int, batch: int, lr: float, augment: bool, 
 
 
 def run_child(cfg: dict, data_dir: str, evals_per_epoch: int, torch_python: str, cache: str | None,
-              threads: int) -> dict:
+              threads: int, eval_from: float = 0.0) -> dict:
     """Run one config in a fresh process; its events, and the figures of the table."""
     here = Path(__file__).resolve()
     env = dict(os.environ)
     if cfg["side"] == "jax":
         cmd = [sys.executable, str(here), "--jax-child", "--data-dir", data_dir, "--epochs", str(cfg["epochs"]),
                "--batch-size", str(cfg["batch"]), "--lr", str(cfg["lr"]), "--augment", str(cfg["augment"]),
-               "--evals-per-epoch", str(evals_per_epoch), "--max-train", str(cfg["max_train"])]
+               "--evals-per-epoch", str(evals_per_epoch), "--max-train", str(cfg["max_train"]),
+               "--eval-from", str(eval_from)]
         if cfg["repo"]:
             env["BENCH_REPO"] = str(Path(cfg["repo"]).resolve())
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
@@ -328,7 +352,7 @@ def run_child(cfg: dict, data_dir: str, evals_per_epoch: int, torch_python: str,
         cmd = [torch_python, str(here.parent / "torch_twin.py"), "--data-dir", data_dir, "--epochs",
                str(cfg["epochs"]), "--batch-size", str(cfg["batch"]), "--learning-rate", str(cfg["lr"]),
                "--threads", str(threads), "--evals-per-epoch", str(evals_per_epoch),
-               "--max-train-examples", str(cfg["max_train"])]
+               "--max-train-examples", str(cfg["max_train"]), "--eval-from", str(eval_from)]
         cmd += ["--augment"] if cfg["augment"] else []
         cached = None
     with tempfile.TemporaryDirectory() as workdir:
@@ -362,7 +386,8 @@ def vs_torch(args) -> int:
     for r in range(args.repeat):
         for cfg in configs:
             load = os.getloadavg()[0]
-            res = run_child(cfg, args.data_dir, args.evals_per_epoch, args.torch_python, args.cache, args.threads)
+            res = run_child(cfg, args.data_dir, args.evals_per_epoch, args.torch_python, args.cache, args.threads,
+                            args.eval_from)
             res.update(round=r + 1, load_before=load, load_after=os.getloadavg()[0],
                        finished=time.strftime("%H:%M:%S", time.gmtime()))
             results.append(res)
@@ -371,7 +396,7 @@ def vs_torch(args) -> int:
                   f"{load:.2f}->{res['load_after']:.2f}", flush=True)
     print(f"\n# {time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()} {os.cpu_count()} cores; "
           f"seconds from process start (imports, data, compilation included), the test set evaluated "
-          f"{args.evals_per_epoch}x an epoch off the clock (both sides); JAX cache: "
+          f"{args.evals_per_epoch}x an epoch from epoch {args.eval_from} on, off the clock (both sides); JAX cache: "
           f"{args.cache or 'a fresh empty one per run'}")
     print("| config | round | s to first step | s to 99.0% (epoch) | final test acc | s/epoch | images/s | "
           "process s | load |\n|---|---|---|---|---|---|---|---|---|")
@@ -408,6 +433,8 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1, help="with --vs-torch: rounds of the configs, interleaved")
     p.add_argument("--evals-per-epoch", type=int, default=10,
                    help="with --vs-torch: test-set evaluations an epoch, off the clock (default: %(default)s)")
+    p.add_argument("--eval-from", type=float, default=0.0, metavar="EPOCHS",
+                   help="with --vs-torch: no test evaluations before this many epochs (default: %(default)s)")
     p.add_argument("--torch-python", default=os.environ.get("BENCH_TORCH_PYTHON"),
                    help="with --vs-torch: the Python of a venv with requirements-bench.txt "
                         "(default: $BENCH_TORCH_PYTHON)")
@@ -426,7 +453,7 @@ def main() -> int:
     args.epochs = args.epochs or (1 if args.vs_torch or args.jax_child else 2)
     if args.jax_child:
         return jax_child(args.data_dir, args.epochs, args.batch_size, args.lr, bool(args.augment),
-                         args.evals_per_epoch, args.max_train)
+                         args.evals_per_epoch, args.max_train, args.eval_from)
     if args.vs_torch:
         try:
             configs = parse_vs_configs(args.vs_torch, args.epochs)
