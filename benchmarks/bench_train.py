@@ -309,7 +309,7 @@ def jax_child(data_dir: str, epochs: int, batch: int, lr: float, augment: bool, 
             if step == len(idx):
                 jax.block_until_ready(state)
                 emit("first_step", spawn, clock["paused"])
-            if step % steps_per_epoch in {s % steps_per_epoch for s in eval_at} and step >= eval_from * steps_per_epoch:
+            if step % steps_per_epoch in {s % steps_per_epoch for s in eval_at} and step >= eval_from * steps_per_epoch - 0.5:
                 t0 = time.perf_counter()
                 acc = T.evaluate(model, state["params"], state["batch_stats"], data.test, cfg.eval_batch_size,
                                  eval_fn)["accuracy"]
