@@ -149,21 +149,32 @@ def model_logits(model, params, batch_stats, images_u8, batch_size: int = 1000) 
     return np.concatenate(out).astype(np.float64)
 
 
-def calibrate_checkpoint(step_dir, validation, test=None, batch_size: int = 1000) -> dict:
+def calibrate_checkpoint(step_dir, validation, test=None, batch_size: int = 1000, logits=None) -> dict:
     """Fit the temperature of one checkpoint step folder on ``validation`` (a ``mnist_data.Split``:
     the validation split the run held out) and store it in the step's metadata (``temperature``,
     ``calibration``), the JSON file rewritten atomically. With ``test`` the report also holds the
-    test set's ECE and NLL before and after. Returns the report."""
+    test set's ECE and NLL before and after. Returns the report.
+
+    ``logits``: ``(validation logits, test logits or None)`` of this step's weights when the caller
+    has them already (training has just evaluated both); then the checkpoint is not loaded."""
     from pathlib import Path
 
-    from mnist_checkpoint import load_checkpoint, resolve_checkpoint_dir
+    from mnist_checkpoint import resolve_checkpoint_dir
 
     step_dir = resolve_checkpoint_dir(step_dir)
-    params, batch_stats, model, _ = load_checkpoint(step_dir)
-    val_logits = model_logits(model, params, batch_stats, validation.images, batch_size)
+    if logits is None:
+        from mnist_checkpoint import load_checkpoint
+
+        params, batch_stats, model, _ = load_checkpoint(step_dir)
+        val_logits = model_logits(model, params, batch_stats, validation.images, batch_size)
+        test_logits = model_logits(model, params, batch_stats, test.images, batch_size) if test is not None else None
+    else:
+        val_logits, test_logits = (None if z is None else np.asarray(z, np.float64) for z in logits)
+        if len(val_logits) != len(validation) or (test is not None and len(test_logits) != len(test)):
+            raise ValueError(f"logits: expected one row per image of the splits, got {len(val_logits)} and "
+                             f"{None if test_logits is None else len(test_logits)}")
     if test is not None:
-        report = calibration_report(val_logits, validation.labels, model_logits(model, params, batch_stats,
-                                                                             test.images, batch_size), test.labels)
+        report = calibration_report(val_logits, validation.labels, test_logits, test.labels)
     else:
         t = fit_temperature(val_logits, validation.labels)
         report = {"temperature": t, "ece_bins": ECE_BINS, "fitted_on": f"validation ({len(validation)} images)",
@@ -179,10 +190,11 @@ def calibrate_checkpoint(step_dir, validation, test=None, batch_size: int = 1000
     return report
 
 
-def calibrate_workdir(workdir, data, batch_size: int = 1000) -> dict:
+def calibrate_workdir(workdir, data, batch_size: int = 1000, latest_logits=None) -> dict:
     """After training: a temperature in every step's metadata that the workdir keeps (the latest and
     the best), fitted on ``data.validation``; returns ``{"temperature", "calibration"}`` of the
-    latest step (the final weights, which metrics.json's test accuracy is of), with the test ECE."""
+    latest step (the final weights, which metrics.json's test accuracy is of), with the test ECE.
+    ``latest_logits``: the latest step's ``(validation logits, test logits)``, if already computed."""
     from pathlib import Path
 
     from mnist_checkpoint import CKPT_SUBDIR, step_dirs
@@ -192,5 +204,5 @@ def calibrate_workdir(workdir, data, batch_size: int = 1000) -> dict:
         return {}
     for step_dir in steps[:-1]:
         calibrate_checkpoint(step_dir, data.validation, None, batch_size)
-    report = calibrate_checkpoint(steps[-1], data.validation, data.test, batch_size)
+    report = calibrate_checkpoint(steps[-1], data.validation, data.test, batch_size, latest_logits)
     return {"temperature": report["temperature"], "calibration": {**report, "step": int(steps[-1].name)}}

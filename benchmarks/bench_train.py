@@ -22,6 +22,29 @@ evaluated, untimed, every ``--eval-every`` steps. CONFIGS is ``;``-separated, ea
 
     python benchmarks/bench_train.py --data-dir .data/mnist \
         --after-compile "batch=128;batch=512,augment=0;ref=1"
+
+``--vs-torch [CONFIGS]`` races the project against its PyTorch twin (``benchmarks/torch_twin.py``:
+the same CNN, init and recipe, see its docstring) on the CPU. Each config runs in a fresh
+process, timed from its spawn (interpreter start, imports, data loading and, for JAX,
+compilation included): JAX runs ``train_mnist.train_and_evaluate`` as the command line does
+(TrainConfig's defaults, augmentation on, the compilation cache of ``cli.before_jax``, the
+per-epoch validation, checkpoint and curves, the final test pass and calibration); the twin
+runs from another venv (``--torch-python``, requirements-bench.txt) with 2 threads, its own
+per-epoch validation and ``torch.save``, augmentation off. Both evaluate the test set
+``--evals-per-epoch`` times an epoch (from ``--eval-from`` epochs on) with the clock stopped:
+"s to 99.0%" is training-process time to the first evaluation at >= 99.0%, evaluations
+excluded, on both sides alike. images/s is over the steps after the first (training only).
+"process s" is the whole process (the JAX run's final test pass and calibration included),
+again less the benchmark's own evaluations. CONFIGS is ``;``-separated, each a
+``,``-separated list of ``side=jax|torch,epochs=1,batch=128,lr=3e-3,augment=<side's
+default>,max_train=0,repo=<another checkout, for JAX>,label=...``; ``--repeat`` interleaves
+rounds; ``--cache DIR`` keeps one JAX compilation cache per config (the first run fills it),
+else every JAX run starts with an empty one::
+
+    python -m venv /tmp/benchvenv && /tmp/benchvenv/bin/pip install -r requirements-bench.txt
+    python benchmarks/bench_train.py --data-dir DIR --vs-torch --torch-python /tmp/benchvenv/bin/python
+    python benchmarks/bench_train.py --data-dir DIR --torch-python /tmp/benchvenv/bin/python --repeat 2 \
+        --vs-torch "label=before,repo=../main;label=after;side=torch" --cache /tmp/bench_cache
 """
 import time
 
@@ -31,16 +54,17 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# BENCH_REPO: run another checkout's train_mnist (the --vs-torch mode's ``repo=`` key).
+sys.path.insert(0, os.environ.get("BENCH_REPO") or str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
-from cpu_devices import use_one_device_per_core
 
-use_one_device_per_core()  # as train_mnist.py does when run as a script
+cli.before_jax()  # as train_mnist.py does when run as a script: a device per core, the compilation cache
 
 import jax
 import jax.numpy as jnp
@@ -218,20 +242,229 @@ def _reference_step(model, tx):
     return step
 
 
+# ----------------------------------------------------------------------------- --vs-torch
+
+VS_DEFAULTS = {"side": "jax", "epochs": 1, "batch": 128, "lr": 3e-3, "augment": -1, "max_train": 0, "repo": "",
+               "label": ""}
+
+
+def parse_vs_configs(text: str, epochs: int) -> list[dict]:
+    """``side=jax;side=torch,batch=256`` -> dicts; augment -1: the side's default (JAX on, the twin off)."""
+    out = []
+    for spec in filter(None, (c.strip() for c in text.split(";"))):
+        cfg = {**VS_DEFAULTS, "epochs": epochs}
+        for item in filter(None, (i.strip() for i in spec.split(","))):
+            key, _, value = item.partition("=")
+            if key not in VS_DEFAULTS:
+                raise ValueError(f"--vs-torch: unknown key {key!r} in {spec!r}; expected {', '.join(VS_DEFAULTS)}")
+            try:
+                cfg[key] = type(VS_DEFAULTS[key])(value)
+            except ValueError:
+                raise ValueError(f"--vs-torch: {key}={value!r} in {spec!r}: expected a "
+                                 f"{type(VS_DEFAULTS[key]).__name__}") from None
+        if cfg["side"] not in ("jax", "torch"):
+            raise ValueError(f"--vs-torch: side={cfg['side']!r} in {spec!r}; expected jax or torch")
+        if cfg["augment"] == -1:
+            cfg["augment"] = int(cfg["side"] == "jax")
+        cfg["label"] = cfg["label"] or ",".join(f"{k}={cfg[k]}" for k in VS_DEFAULTS
+                                                if k != "label" and cfg[k] != VS_DEFAULTS[k])
+        out.append(cfg)
+    return out
+
+
+def emit(event: str, spawn: float, paused: float, **fields) -> None:
+    """One JSON line on stdout: seconds since the parent spawned this process, less the time spent
+    in the benchmark's own test evaluations (``paused``), and the figures (as torch_twin.emit)."""
+    print(json.dumps({"event": event, "t": time.time() - spawn - paused, **fields}), flush=True)
+
+
+def jax_child(data_dir: str, epochs: int, batch: int, lr: float, augment: bool, evals_per_epoch: int,
+              max_train: int | None = None, eval_from: float = 0.0) -> int:
+    """``train_mnist.train_and_evaluate`` as the command line runs it (TrainConfig's defaults but for
+    these fields), the test set evaluated off the clock every 1/evals_per_epoch of an epoch.
+
+    The evaluations hook in by wrapping the compiled training call that ``on_all_devices`` returns,
+    so that the same child runs an older checkout's train_mnist (``repo=``) unchanged."""
+    spawn = float(os.environ.get("BENCH_SPAWN_TIME") or time.time())
+    clock = {"paused": 0.0, "step": 0}
+    emit("imported", spawn, 0.0, jax=jax.__version__, devices=len(jax.devices()),
+         cache=os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+    data = load_mnist(data_dir)
+    emit("data", spawn, 0.0)
+    cfg = T.TrainConfig(epochs=epochs, batch_size=batch, learning_rate=lr, augment=augment,
+                        max_train_examples=max_train or None)
+    steps_per_epoch = len(data.train.take(cfg.max_train_examples)) // batch
+    eval_at = {round(steps_per_epoch * k / evals_per_epoch) for k in range(1, evals_per_epoch + 1)}
+    model = T.MNISTCNN()
+    eval_fn = T.make_eval_fn(model)
+    original = T.on_all_devices
+
+    def on_all_devices(*args, **kwargs):
+        state, images, labels, chunk = original(*args, **kwargs)
+
+        def timed_chunk(state, images, labels, idx, key):
+            state, metrics = chunk(state, images, labels, idx, key)
+            clock["step"] += len(idx)
+            step = clock["step"]
+            if step == len(idx):
+                jax.block_until_ready(state)
+                emit("first_step", spawn, clock["paused"])
+            if step % steps_per_epoch in {s % steps_per_epoch for s in eval_at} and step >= eval_from * steps_per_epoch - 0.5:
+                t0 = time.perf_counter()
+                acc = T.evaluate(model, state["params"], state["batch_stats"], data.test, cfg.eval_batch_size,
+                                 eval_fn)["accuracy"]
+                clock["paused"] += time.perf_counter() - t0
+                emit("test", spawn, clock["paused"], step=step, epoch=step / steps_per_epoch, accuracy=acc)
+            return state, metrics
+        return state, images, labels, timed_chunk
+
+    T.on_all_devices = on_all_devices
+
+    def on_epoch(epoch, state):
+        emit("epoch", spawn, clock["paused"], epoch=epoch)
+
+    with tempfile.TemporaryDirectory() as workdir:
+        result = T.train_and_evaluate(cfg, workdir, data, progress=False, log=lambda *_: None,
+                                      epoch_callback=on_epoch)
+    emit("done", spawn, clock["paused"], test_accuracy=result["test_accuracy"], steps=clock["step"])
+    return 0
+
+
+def run_child(cfg: dict, data_dir: str, evals_per_epoch: int, torch_python: str, cache: str | None,
+              threads: int, eval_from: float = 0.0) -> dict:
+    """Run one config in a fresh process; its events, and the figures of the table."""
+    here = Path(__file__).resolve()
+    env = dict(os.environ)
+    if cfg["side"] == "jax":
+        cmd = [sys.executable, str(here), "--jax-child", "--data-dir", data_dir, "--epochs", str(cfg["epochs"]),
+               "--batch-size", str(cfg["batch"]), "--lr", str(cfg["lr"]), "--augment", str(cfg["augment"]),
+               "--evals-per-epoch", str(evals_per_epoch), "--max-train", str(cfg["max_train"]),
+               "--eval-from", str(eval_from)]
+        if cfg["repo"]:
+            env["BENCH_REPO"] = str(Path(cfg["repo"]).resolve())
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        cache_dir = (Path(cache) / "".join(c if c.isalnum() else "_" for c in cfg["label"]) if cache
+                     else Path(tempfile.mkdtemp(prefix="bench_cache_")))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        env["MNIST_XAI_COMPILE_CACHE"] = str(cache_dir)
+        cached = any(cache_dir.iterdir())
+    else:
+        cmd = [torch_python, str(here.parent / "torch_twin.py"), "--data-dir", data_dir, "--epochs",
+               str(cfg["epochs"]), "--batch-size", str(cfg["batch"]), "--learning-rate", str(cfg["lr"]),
+               "--threads", str(threads), "--evals-per-epoch", str(evals_per_epoch),
+               "--max-train-examples", str(cfg["max_train"]), "--eval-from", str(eval_from)]
+        cmd += ["--augment"] if cfg["augment"] else []
+        cached = None
+    with tempfile.TemporaryDirectory() as workdir:
+        if cfg["side"] == "torch":
+            cmd += ["--workdir", workdir]
+        env["BENCH_SPAWN_TIME"] = repr(time.time())
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not events or events[-1]["event"] != "done":
+        raise RuntimeError(f"{cfg['label']}: the child exited with {proc.returncode}: {' '.join(cmd)}")
+    by = {e["event"]: e for e in events}
+    tests = [e for e in events if e["event"] == "test"]
+    first99 = next((e for e in tests if e["accuracy"] >= 0.99), None)
+    steps = by["done"]["steps"]
+    last_test = tests[-1]
+    # Steady speed: from the end of the first step to the last test evaluation (training only).
+    train_s = last_test["t"] - by["first_step"]["t"]
+    ips = (last_test["step"] - 1) * cfg["batch"] / train_s
+    steps_per_epoch = steps / cfg["epochs"]
+    return {**cfg, "cached": cached, "events": events,
+            "to_first_step": by["first_step"]["t"], "imports": by["imported"]["t"],
+            "seconds_to_99.0": first99["t"] if first99 else None,
+            "epoch_at_99.0": first99["epoch"] if first99 else None,
+            "final_test_accuracy": by["done"]["test_accuracy"], "process_seconds": by["done"]["t"],
+            "images_per_second": ips, "seconds_per_epoch": steps_per_epoch * cfg["batch"] / ips}
+
+
+def vs_torch(args) -> int:
+    configs = parse_vs_configs(args.vs_torch, args.epochs)
+    results = []
+    for r in range(args.repeat):
+        for cfg in configs:
+            load = os.getloadavg()[0]
+            res = run_child(cfg, args.data_dir, args.evals_per_epoch, args.torch_python, args.cache, args.threads,
+                            args.eval_from)
+            res.update(round=r + 1, load_before=load, load_after=os.getloadavg()[0],
+                       finished=time.strftime("%H:%M:%S", time.gmtime()))
+            results.append(res)
+            print(f"  {res['label']} (round {r + 1}): 99.0% at {_fmt(res['seconds_to_99.0'])} s, final "
+                  f"{res['final_test_accuracy']:.4f}, {res['images_per_second']:.0f} images/s; load "
+                  f"{load:.2f}->{res['load_after']:.2f}", flush=True)
+    print(f"\n# {time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()} {os.cpu_count()} cores; "
+          f"seconds from process start (imports, data, compilation included), the test set evaluated "
+          f"{args.evals_per_epoch}x an epoch from epoch {args.eval_from} on, off the clock (both sides); JAX cache: "
+          f"{args.cache or 'a fresh empty one per run'}")
+    print("| config | round | s to first step | s to 99.0% (epoch) | final test acc | s/epoch | images/s | "
+          "process s | load |\n|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        cached = "" if r["cached"] is None else (", cached" if r["cached"] else ", cold")
+        at = (f"{r['seconds_to_99.0']:.1f} ({r['epoch_at_99.0']:.1f})" if r["seconds_to_99.0"] is not None
+              else "—")
+        print(f"| {r['label']}{cached} | {r['round']} | {r['to_first_step']:.1f} | {at} | "
+              f"{100 * r['final_test_accuracy']:.2f}% | {r['seconds_per_epoch']:.1f} | {r['images_per_second']:.0f} | "
+              f"{r['process_seconds']:.1f} | {r['load_before']:.2f}-{r['load_after']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def argparse_hidden():
+    import argparse
+    return argparse.SUPPRESS
+
+
 def main() -> int:
     p = cli.parser(__doc__)
     p.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR"))
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, help="passes over the training set (default: 2; 1 with --vs-torch)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--reference-steps", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--after-compile", metavar="CONFIGS",
                    help="time training after compilation to 99.0%%/99.5%% for these configs (see above)")
     p.add_argument("--eval-every", type=int, default=26, help="with --after-compile: steps between evaluations")
+    p.add_argument("--vs-torch", metavar="CONFIGS", nargs="?", const="side=jax;side=torch",
+                   help="time to 99.0%% from process start, JAX's train_and_evaluate against the PyTorch twin "
+                        "(benchmarks/torch_twin.py), each config in a fresh process (see above)")
+    p.add_argument("--repeat", type=int, default=1, help="with --vs-torch: rounds of the configs, interleaved")
+    p.add_argument("--evals-per-epoch", type=int, default=10,
+                   help="with --vs-torch: test-set evaluations an epoch, off the clock (default: %(default)s)")
+    p.add_argument("--eval-from", type=float, default=0.0, metavar="EPOCHS",
+                   help="with --vs-torch: no test evaluations before this many epochs (default: %(default)s)")
+    p.add_argument("--torch-python", default=os.environ.get("BENCH_TORCH_PYTHON"),
+                   help="with --vs-torch: the Python of a venv with requirements-bench.txt "
+                        "(default: $BENCH_TORCH_PYTHON)")
+    p.add_argument("--threads", type=int, default=2, help="with --vs-torch: torch's intra-op threads")
+    p.add_argument("--cache", metavar="DIR",
+                   help="with --vs-torch: JAX compilation caches kept in DIR/<config> (the first run of a "
+                        "config fills its cache); default: a fresh empty cache for every run")
+    p.add_argument("--jax-child", action="store_true", help=argparse_hidden())
+    p.add_argument("--lr", type=float, default=3e-3, help=argparse_hidden())
+    p.add_argument("--augment", type=int, default=1, help=argparse_hidden())
+    p.add_argument("--max-train", type=int, default=0, help=argparse_hidden())
     args = p.parse_args()
     if not args.data_dir:
         print("error: give --data-dir (or set MNIST_DATA_DIR) with the real MNIST files", file=sys.stderr)
         return 2
+    args.epochs = args.epochs or (1 if args.vs_torch or args.jax_child else 2)
+    if args.jax_child:
+        return jax_child(args.data_dir, args.epochs, args.batch_size, args.lr, bool(args.augment),
+                         args.evals_per_epoch, args.max_train, args.eval_from)
+    if args.vs_torch:
+        try:
+            configs = parse_vs_configs(args.vs_torch, args.epochs)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if any(c["side"] == "torch" for c in configs) and not args.torch_python:
+            print("error: --vs-torch runs the PyTorch twin: give --torch-python (or set BENCH_TORCH_PYTHON), "
+                  "a venv's python with requirements-bench.txt installed", file=sys.stderr)
+            return 2
+        return vs_torch(args)
 
     data = load_mnist(args.data_dir)
     if args.after_compile:
