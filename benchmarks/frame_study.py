@@ -229,9 +229,6 @@ def per_class_table(title, columns: dict, classes, digits=2, note="") -> list[st
 
 
 def cmd_cause(args) -> int:
-    import jax
-    import jax.numpy as jnp
-
     import mnist_xai_metrics as M
     import mnist_xai_visualizations as X
     from mnist_checkpoint import load_checkpoint
