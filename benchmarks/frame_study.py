@@ -1,4 +1,4 @@
-"""Issue 15: why GradCAM of the previous shipped model looked at the frame (docs/frame-study.md)
+"""Why GradCAM of the previous shipped model looked at the frame (docs/frame-study.md)
 
     # recipe variants (one at a time: each is a full training run of train_mnist's code path)
     python benchmarks/frame_study.py train runs/e2_nols --epochs 2 --label-smoothing 0
