@@ -131,8 +131,16 @@ def pixel_stats(split: "Split") -> tuple[float, float]:
     n = images.size
     if n == 0:
         raise MNISTDataError("no training images to compute the input normalisation from")
-    total = int(images.sum(dtype=np.int64))
-    squares = int(np.einsum("i,i->", images.reshape(-1).astype(np.int64), images.reshape(-1).astype(np.int64)))
+    # Exact integer sums from the histogram of the uint8 pixels, taken in chunks of 64 K pixels:
+    # an int64 einsum over MNIST's 43 M pixels took 9 s of a cold start (this VM pays for every
+    # fresh page of its 345 MB temporaries), one bincount of them 3.4 s, the chunks 0.13 s.
+    flat = images.reshape(-1)
+    counts = np.zeros(256, np.int64)
+    for start in range(0, n, 1 << 16):
+        counts += np.bincount(flat[start:start + (1 << 16)], minlength=256)
+    counts, values = counts.astype(object), np.arange(256, dtype=object)  # Python ints: no overflow
+    total = int(np.dot(counts, values))
+    squares = int(np.dot(counts, values * values))
     mean = total / (255.0 * n)
     var = max(squares / (255.0 ** 2 * n) - mean * mean, 0.0)
     if var <= 0:
