@@ -371,7 +371,8 @@ def test_readme_snippet_runs_from_the_repository_root_and_prints_what_it_says(tm
 
 def test_readme_test_command_is_what_ci_runs():
     """The README's test line and .ci/run's pytest line are one command: the 15 slowest tests
-    listed, a hung test failing after 300 s (pytest-timeout, pinned in requirements-dev.txt)."""
+    listed, a hung test failing after 300 s (pytest-timeout and pytest-xdist, pinned in
+    requirements-dev.txt)."""
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     readme_cmd = [line for line in readme.splitlines() if "python -m pytest" in line]
@@ -381,3 +382,5 @@ def test_readme_test_command_is_what_ci_runs():
     assert command == ci_cmd[0].strip()
     assert "--durations=15" in command and "--timeout=300" in command
     assert "pip install -r requirements-dev.txt" in readme_cmd[0]
+    if " -n " in command:  # the workers come from pytest-xdist, which CI installs from that file
+        assert "pytest-xdist==" in (ROOT / "requirements-dev.txt").read_text()
