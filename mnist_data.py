@@ -138,9 +138,8 @@ def pixel_stats(split: "Split") -> tuple[float, float]:
     counts = np.zeros(256, np.int64)
     for start in range(0, n, 1 << 16):
         counts += np.bincount(flat[start:start + (1 << 16)], minlength=256)
-    counts, values = counts.astype(object), np.arange(256, dtype=object)  # Python ints: no overflow
-    total = int(np.dot(counts, values))
-    squares = int(np.dot(counts, values * values))
+    values = np.arange(256, dtype=np.int64)  # int64 holds 255**2 x n below 1.4e14 pixels
+    total, squares = int(counts @ values), int(counts @ (values * values))
     mean = total / (255.0 * n)
     var = max(squares / (255.0 ** 2 * n) - mean * mean, 0.0)
     if var <= 0:
