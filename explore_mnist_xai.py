@@ -56,6 +56,8 @@ TITLES = {
     "gradient_x_input": "Gradient×Input",
     "integrated_gradients": "Integrated Gradients",
     "smoothgrad": "SmoothGrad",
+    "smoothgrad_sq": "SmoothGrad²",
+    "vargrad": "VarGrad",
     "occlusion": "Occlusion",
 }
 #: Methods computed together and shown as they finish: the first stage answers a new drawing
