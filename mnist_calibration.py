@@ -46,10 +46,9 @@ def _scores(x, name: str) -> np.ndarray:
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     """softmax(logits / temperature) over the last axis, in float64 (stable)."""
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
+    from scipy.special import softmax as _softmax  # stable (max-shifted), float64 in, float64 out
+
+    return _softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
 
 
 def calibration_bins(probs, labels, bins: int = ECE_BINS) -> dict:

@@ -216,8 +216,8 @@ class CheckpointInfo:
     def probabilities(self, logits) -> np.ndarray:
         """The probabilities to show: softmax(logits / T) with the stored temperature, plain
         softmax without one (float64, last axis). Explanations use the logits, not these."""
-        from mnist_calibration import softmax
-        return softmax(logits, self.temperature or 1.0)
+        from scipy.special import softmax  # scipy comes with jax; mnist_calibration builds on this module
+        return softmax(np.asarray(logits, np.float64) / (self.temperature or 1.0), axis=-1)
 
     @property
     def calibrated(self) -> bool:
