@@ -218,3 +218,17 @@ def make_explainer(name: str, model, **options):
     """Build a method by name (see ``METHODS``), its options checked against its spec."""
     s = spec(name)
     return s.cls(model, **s.parse_options(options))
+
+
+def markdown_table() -> str:
+    """Every registered method as a Markdown table, by family (docs/methods.md holds it)."""
+    rows = ["| name | class | family | signed | cost | options (default) | reference | paper |",
+            "|---|---|---|---|---|---|---|---|"]
+    titles = dict(FAMILIES)
+    for name in method_names():
+        s = SPECS[name]
+        opts = ", ".join(f"`{o.name}={o.default!r}`" for o in s.options) or "—"
+        rows.append(f"| `{name}` | `{s.cls.__name__}` | {titles[s.family]} | {'yes' if s.signed else 'no'} | "
+                    f"{s.cost} | {opts} | {s.reference} | {s.paper} |")
+    return "\n".join(rows)
+
