@@ -319,12 +319,16 @@ def test_steps_fused_in_a_scan_compute_what_one_step_a_call_does(synthetic):
         b = one
         for k in path:
             b = b[k.key]
-        # Running means track the conv output, bias included: that noise, damped by momentum.
+        # Running means track the conv output, bias included, so they carry that noise: the
+        # biases agree at step 1 and may differ by up to 2 and 4 Adam steps (lr each) by
+        # steps 2 and 3, so with momentum 0.9 a mean may move by 0.1 * 4 lr + 0.09 * 2 lr
+        # = 0.58 lr (1.7e-3). Seen: 1e-4 with AVX-512, 1.66e-4 on an AVX2-only EPYC.
         # Elsewhere Adam turns a near-zero gradient's rounding into a visible step now and
         # then (1 weight in 18,432 off by 1.7e-5 seen here), so a few may stray; a wrong
         # batch or key would move them all, and the losses above.
         a, b = np.asarray(a), np.asarray(b)
-        assert np.abs(a - b).max() < 1e-4, name
+        bound = 0.58 * cfg.learning_rate if name.endswith("['mean']") else 1e-4
+        assert np.abs(a - b).max() < bound, (name, np.abs(a - b).max(), bound)
         if not name.endswith("['mean']"):
             close = np.isclose(a, b, rtol=1e-4, atol=1e-6)
             assert close.mean() > 0.999, (name, close.mean())

@@ -12,18 +12,23 @@ lists each library's conventions, read from their source). No torch is needed he
 
 32 digits; targets: the label for the first 16, (label + 3) % 10 for the last 16.
 
-The measure (``worst_relative_gap``): the largest |ours - reference| over a map divided by
-that reference map's max |value|, worst over the 32 maps; ``TOLERANCE`` = 1e-4, except
-where float32 itself cannot do better (``LOOSE``): Integrated Gradients on ``cnn`` and
-SmoothGrad on both nets. Their 1,600 / 800 back-propagations (32 digits x 50 steps / 25 samples) pass through inputs
-where a ReLU or a 2x2 max-pool sits at a near-tie, and float32 rounding flips the decision,
-moving a whole gradient to another unit. Torch's own float32 maps differ from the same maps
-computed in float64 by 1.3e-3 (IG, cnn), 0.9e-3 (SmoothGrad, cnn) and 1.2e-3 (SmoothGrad,
-refnet) of the map's max; ours differ from torch's float32 maps by 1.3e-3 and 1.7e-3 on cnn
-(whose BatchNorm we fold into the convs, so rounding differs) and 8e-6 on refnet (same
-rounding as torch, here). These flips are local: a wrong formula changes most pixels, a
-flip a few, so the loose ones must also have at most ``MAX_SHARE_OFF`` = 1% of their pixels
-off by more than 1e-4 (measured: 0.25% and 0.44% on cnn).
+The measure, per digit (``tests/parity.py``): max |ours - reference| over a map divided by that
+reference map's max |value|. Every digit must be within ``TOLERANCE`` = 1e-4 (the stored maps are
+rounded to 7.6e-6 of it), except that the methods which back-propagate through many inputs may
+have a stated few digits (``FLIPS``) off by up to 2e-2, no more. Their 50 IG steps / 25 noisy
+copies per digit pass through inputs where a ReLU or a 2x2 max-pool sits at a near-tie, and
+float32 rounding decides it differently on the two sides, moving one step's or copy's whole
+gradient: one digit's map moves by 1e-4..1e-2, the other digits stay at the fixture's rounding.
+Torch's own float32 maps differ from the same maps in float64 by 1.3e-3 (IG, cnn) and 1.2e-3
+(SmoothGrad, refnet). A wrong formula moves every digit; a flip moves one.
+
+Measured on this project's 2-core AMD EPYC (AVX-512; the same figures with
+XLA_FLAGS=--xla_cpu_max_isa=AVX2), worst digit of 32 and the digits beyond 1e-4:
+IG cnn 1.3e-3 (digits 7, 16, 30: 3.4e-4, 1.3e-3, 4.6e-4), SmoothGrad cnn 1.7e-3 (digit 30),
+SmoothGrad refnet 5.9e-3 (digit 26), IG refnet 1.05e-5 (none). On an AVX2-only AMD EPYC
+(the "first hour" issue's report) IG refnet had one digit at 3.85e-4 and SmoothGrad cnn more
+pixels off than here, so ``FLIPS`` allows one digit more than measured here where AVX2 showed
+more. Every other method: every digit within 1.4e-5.
 
 pytorch-grad-cam's maps are min-max scaled per image (twice: on the 7x7 map before
 cv2.resize and on the 28x28 result, base_cam.py:172/181), so ours are compared after the
@@ -42,12 +47,13 @@ import pytest
 
 import mnist_xai_visualizations as X
 from mnist_cnn_model import MNISTCNN
+from parity import FLIP_BOUND, TOLERANCE, assert_close_per_digit, per_digit_gap
 from reference_models import HI, LO, RefNet, unflatten
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "reference_maps.npz"
-TOLERANCE = 1e-4  # of the reference map's max |value|; the stored maps are rounded to 7.6e-6 of it
-LOOSE = {("cnn", "integrated_gradients"): 3e-3, ("cnn", "smoothgrad"): 3e-3, ("refnet", "smoothgrad"): 3e-3}
-MAX_SHARE_OFF = 0.01  # of the pixels, for the LOOSE ones: float flips are local
+# Digits of 32 allowed a float32 near-tie flip (module docstring: measured here, +1 where AVX2 showed more).
+FLIPS = {("cnn", "integrated_gradients"): 4, ("cnn", "smoothgrad"): 2, ("refnet", "integrated_gradients"): 1,
+         ("refnet", "smoothgrad"): 1}
 LOGIT_TOLERANCE = 1e-4
 LAYER = "block3/conv2"
 
@@ -57,32 +63,8 @@ NETS = ("cnn", "refnet")
 
 
 def worst_relative_gap(ours, ref) -> float:
-    """max over maps of max|ours - ref| / max|ref| (maps: the leading axis; (H, W) is one map).
-
-    A reference map that is all zeros is measured against the largest |value| of all the
-    reference maps instead (1 if they are all zero), so ours must be ~0 there too.
-    """
-    ours = np.asarray(ours, np.float64)
-    ref = np.asarray(ref, np.float64)
-    if ours.shape != ref.shape:
-        raise ValueError(f"shapes differ: ours {ours.shape}, reference {ref.shape}")
-    if ref.ndim == 2:
-        ours, ref = ours[None], ref[None]
-    n = len(ref)
-    peak = np.abs(ref).reshape(n, -1).max(1)
-    fallback = peak.max() if peak.max() > 0 else 1.0
-    peak = np.where(peak > 0, peak, fallback)
-    gap = np.abs(ours - ref).reshape(n, -1).max(1) / peak
-    return float(gap.max())
-
-
-def share_off(ours, ref, tolerance: float = TOLERANCE) -> float:
-    """The fraction of pixels where |ours - ref| exceeds ``tolerance`` of their map's max |ref|."""
-    ours = np.asarray(ours, np.float64)
-    ref = np.asarray(ref, np.float64)
-    peak = np.abs(ref).reshape(len(ref), -1).max(1)
-    peak = np.where(peak > 0, peak, peak.max() if peak.max() > 0 else 1.0).reshape(-1, *([1] * (ref.ndim - 1)))
-    return float((np.abs(ours - ref) > tolerance * peak).mean())
+    """The worst digit's ``per_digit_gap``: max over maps of max|ours - ref| / max|ref|."""
+    return float(per_digit_gap(ours, ref).max())
 
 
 def pgc_scaling(maps) -> np.ndarray:
@@ -178,13 +160,8 @@ def test_fixture_conventions(ref, net):
 @pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("method", CAPTUM_METHODS)
 def test_matches_captum(ref, net, method):
-    ours, theirs = our_maps(ref, net, method), ref[f"{net}/{method}"]
-    bound = LOOSE.get((net, method), TOLERANCE)
-    gap = worst_relative_gap(ours, theirs)
-    assert gap <= bound, f"{net}/{method}: worst |ours - Captum| = {gap:.2e} of the map's max (bound {bound:g})"
-    if bound > TOLERANCE:
-        share = share_off(ours, theirs)
-        assert share <= MAX_SHARE_OFF, f"{net}/{method}: {share:.2%} of the pixels off by more than {TOLERANCE:g}"
+    assert_close_per_digit(our_maps(ref, net, method), ref[f"{net}/{method}"], f"{net}/{method} vs Captum",
+                           flips=FLIPS.get((net, method), 0))
 
 
 @pytest.mark.parametrize("net", NETS)
