@@ -243,11 +243,12 @@ def test_notebook_runs_offline_and_shows_its_figures_and_predictions():
 
 
 def _check_notebook_outputs(nb) -> None:
-    """The GradCAM figure (7 x 2.6 inches at 80 dpi), the methods side by side (2 x 2.4 inches
+    """The GradCAM figure (7 x 2.6 inches at 80 dpi), six methods side by side (2 x 2.4 inches
     each), and the printed label, prediction and logit of the explained digit."""
     import mnist_xai_visualizations as X
-    assert [shape for _, shape in _notebook_figures(nb)] == [(208, 560), (192, 160 * len(X.METHODS))]
+    assert [shape for _, shape in _notebook_figures(nb)] == [(208, 560), (192, 160 * 6)]
     text = _notebook_text(nb)
+    assert f"{len(X.METHODS)} methods registered; shown: gradcam, gradcam++, saliency" in text, text
     assert re.search(r"label: 9 \| checkpoint test accuracy: 0\.99\d+", text), text
     assert re.search(r"predicted 9, logit -?\d+\.\d\d, heatmap \(28, 28\) in \[0\.0, 1\.0\]", text), text
 
