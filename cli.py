@@ -47,6 +47,11 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 # ----------------------------------------------------------------------------- start and exit
 
 
+DEFAULT_WORKDIR = "checkpoints"  # train_mnist.py's --workdir default; never read unless named
+CHECKPOINT_FALLBACK = "the shipped pretrained/; a training run is explained only when named, e.g. --checkpoint checkpoints"
+CHECKPOINT_RULE = f"--checkpoint if given, else {CHECKPOINT_FALLBACK}"
+
+
 def before_jax(one_device_per_core: bool = True) -> None:
     """The scripts' ``__main__`` preamble; call it before anything imports JAX.
 

@@ -128,11 +128,13 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     from tqdm import tqdm
 
     import mnist_xai_visualizations as X
-    from mnist_checkpoint import checkpoint_info, load_checkpoint
+    from mnist_checkpoint import checkpoint_info, describe, load_checkpoint
     from mnist_data import CREDITS, DISPLAY_NAMES
 
     params, batch_stats, model, meta = load_checkpoint(checkpoint)
     info = checkpoint_info(meta)
+    checkpoint_text = describe(checkpoint, meta)
+    print(f"checkpoint: {checkpoint_text}")
     names = info.class_names
     mnist = info.dataset == "mnist"
     noun = "digit" if mnist else "image"
@@ -177,6 +179,7 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
             maps = np.abs(maps)
         deletion_auc[name] = float(deletion_insertion(model, params, batch_stats, images[sub], maps, preds[sub],
                                                       temperature=info.temperature or 1.0)["deletion_auc"].mean())
+    no_gallery = [names[c] for c in range(10) if not np.any((labels == c) & correct)]
     if pick:
         xg = images[pick]
         method_maps = {
@@ -185,14 +188,24 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
             "Integrated Gradients": np.asarray(X.normalize_maps(np.abs(ig.attribute(params, batch_stats, xg)))),
             "SmoothGrad": np.asarray(X.normalize_maps(sg.attribute(params, batch_stats, xg))),
         }
-        rows = [{f"{k}\n(deletion AUC {deletion_auc[k]:.3f})": v[i] for k, v in method_maps.items()}
-                for i in range(len(pick))]
-        fig = X.explanation_grid(xg, rows, ["digit", *rows[0]],  # "digit": the image column, by name
-                                 titles=[f"{names[labels[i]]}: {100 * conf[i]:.1f}%" for i in pick])
+        # Each shown digit's own deletion AUC under its map (the means over AUC_IMAGES digits are in the report).
+        digit_auc = {k: deletion_insertion(model, params, batch_stats, xg, v, preds[pick],
+                                           temperature=info.temperature or 1.0)["deletion_auc"]
+                     for k, v in method_maps.items()}
+        rows = [{k: v[i] for k, v in method_maps.items()} for i in range(len(pick))]
+        columns = ["digit", *method_maps]  # "digit": the image column, by name
+        fig = X.explanation_grid(xg, rows, columns, titles=[f"{names[labels[i]]}: {100 * conf[i]:.1f}%" for i in pick],
+                                 figsize_per_cell=1.8)
+        for i in range(len(pick)):
+            for j, k in enumerate(method_maps, start=1):
+                fig.axes[i * len(columns) + j].set_xlabel(f"deletion AUC {float(digit_auc[k][i]):.2f}", fontsize=7,
+                                                          labelpad=1)
         if not mnist:
             fig.axes[0].set_title(noun, fontsize=8)
-        fig.suptitle(f"Correctly classified {noun}s (|IG| shown)", fontsize=10)
-        fig.tight_layout(rect=(0, 0, 1, 0.975))
+        missing = f"; no correctly classified {noun} of class {', '.join(no_gallery)}" if no_gallery else ""
+        fig.suptitle(f"Correctly classified {noun}s, one per class (|IG| shown); under each map: that {noun}'s "
+                     f"deletion AUC (lower: more faithful){missing}\ncheckpoint: {checkpoint_text}", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.96))
     else:  # a weak checkpoint on a few digits
         fig = _message_figure(f"no correctly classified {noun}")
     _save(fig, out / "gallery.png")
@@ -200,18 +213,21 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     # 2. Class-average maps: where does the model look, on average, for each digit?
     fig = _figure(figsize=(15, 5.2))
     axes = fig.subplots(3, 10)
+    never_predicted = [names[c] for c in range(10) if not np.any(preds == c)]
     for c in range(10):
-        sel = labels == c
+        sel = preds == c  # by predicted class: what the model looks at when it says c
         for r, (arr, cmap) in enumerate(((images[..., 0], "gray"), (cams, "jet"), (sals, "hot"))):
             ax = axes[r, c]
             if sel.any():
                 ax.imshow(arr[sel].mean(0), cmap=cmap, vmin=0, vmax=None if r else 1)
+            elif r == 0:
+                ax.text(0.5, 0.5, "never\npredicted", ha="center", va="center", fontsize=9, transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[0, c].set_title(f"{names[c]} (n={int(sel.sum())})", fontsize=9)
+        axes[0, c].set_title(f"predicted {names[c]} (n={int(sel.sum())})", fontsize=8)
     for ax, name in zip(axes[:, 0], (f"mean {noun}", "mean GradCAM", "mean saliency")):
         ax.set_ylabel(name)
-    fig.suptitle(f"Class-average maps over {n} test {noun}s", fontsize=11)
+    fig.suptitle(f"Average maps per predicted class over {n} test {noun}s\ncheckpoint: {checkpoint_text}", fontsize=10)
     fig.tight_layout()
     _save(fig, out / "class_average_maps.png")
 
@@ -273,7 +289,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
                                  for a, b in (GUESSED_PAIRS if mnist else ())],  # MNIST's digits' guesses
                "explain_pass_seconds": pass_seconds, "deletion_auc": deletion_auc,
                "deletion_auc_images": sub.stop,
-               "checkpoint": str(checkpoint or "pretrained"), "checkpoint_epoch": meta.get("epoch"),
+               "checkpoint": checkpoint_text, "checkpoint_epoch": meta.get("epoch"),
+               "never_predicted": never_predicted, "no_correct_example": no_gallery,
                "dataset": info.dataset, "dataset_name": DISPLAY_NAMES[info.dataset], "credit": CREDITS[info.dataset],
                "class_names": list(names), "temperature": info.temperature,
                "probabilities": info.probability_note}
@@ -303,25 +320,30 @@ def write_report(out: Path, s: dict) -> None:
                  "A frame share near or above the frame's area means the map glows along the border rather "
                  "than on the stroke: GradCAM credits the empty background (activations a blank image has too) "
                  "to the class, and most of the background lies in the frame (docs/frame-study.md).\n")
+    missing_gallery = (f"\nNo correctly classified {noun} of class {', '.join(s['no_correct_example'])}: "
+                       "not in the gallery." if s.get("no_correct_example") else "")
+    missing_avg = (f"\nNever predicted, so no average: class {', '.join(s['never_predicted'])}."
+                   if s.get("never_predicted") else "")
     guessed = f"- The pairs guessed to be confused, counted both ways: {guesses}\n" if s["guessed_pairs"] else ""
     probabilities = f"- Confidences shown: {s['probabilities']}\n" if s.get("probabilities") else ""
     text = f"""# {s.get('dataset_name', 'MNIST')} CNN explanations
 
-- Checkpoint: `{s['checkpoint']}` (epoch {s['checkpoint_epoch']})
+- Checkpoint: {s['checkpoint']} (epoch {s['checkpoint_epoch']})
 - Data: {s['data']} — {s['num_images']:,} {noun}s
 - Accuracy: **{100 * s['accuracy']:.2f}%** ({s['errors']} errors)
 {probabilities}- Most-confused pairs (true→predicted, count): {conf}
 {guessed}- GradCAM + saliency pass over all {noun}s: {s['explain_pass_seconds']:.1f} s
 
 ## Gallery: correctly classified {noun}s
-Deletion AUC (lower is more faithful; mean over the first {s['deletion_auc_images']} {noun}s):
-{", ".join(f"{k} {v:.3f}" for k, v in s['deletion_auc'].items())}.
+One correctly classified {noun} per class; under each map, that {noun}'s deletion AUC. Mean deletion AUC
+(lower is more faithful) over the first {s['deletion_auc_images']} {noun}s:
+{", ".join(f"{k} {v:.3f}" for k, v in s['deletion_auc'].items())}.{missing_gallery}
 Full faithfulness table: `python evaluate_xai.py`.
 
 ![gallery](gallery.png)
 
 ## Class-average maps
-Mean {noun}, mean GradCAM and mean saliency per class (maps scaled to [0, 1] per image first).
+Mean {noun}, mean GradCAM and mean saliency per predicted class (maps scaled to [0, 1] per image first).{missing_avg}
 {where}![class averages](class_average_maps.png)
 
 ## Confusion matrix
@@ -341,12 +363,11 @@ GradCAM for the true class beside GradCAM for the predicted class.
 
 
 def main(argv=None) -> int:
-    from mnist_checkpoint import CHECKPOINT_FALLBACK, check_output_folder, default_checkpoint, read_info
     from mnist_data import DATA_FALLBACK, DATASETS, MNISTDataError, load_test_or_sample
 
     parser = cli.parser(__doc__)
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help=f"a workdir or step folder (default: {CHECKPOINT_FALLBACK})")
+                        help=f"a workdir or step folder (default: {cli.CHECKPOINT_FALLBACK})")
     parser.add_argument("--data-dir", metavar="DIR",
                         help=f"folder with the MNIST IDX files (default: {DATA_FALLBACK}, "
                              "else the 200 shipped digits)")
@@ -364,6 +385,8 @@ def main(argv=None) -> int:
         parser.error(f"--num-images: expected a positive integer, got {args.num_images}")
     if args.tfds and args.data_dir:
         parser.error("--tfds and --data-dir are alternatives; give one")
+
+    from mnist_checkpoint import check_output_folder, default_checkpoint, read_info
 
     check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the work, not after
     checkpoint = args.checkpoint or default_checkpoint()

@@ -295,7 +295,6 @@ def _write_into(tmp: Path, report: dict, command: str, example: dict | None) -> 
 
 def main(argv=None) -> int:
     import mnist_xai_visualizations as X
-    from mnist_checkpoint import CHECKPOINT_FALLBACK
     from mnist_data import DATA_FALLBACK
 
     parser = cli.parser(__doc__)
@@ -304,7 +303,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(X.METHODS), metavar="NAMES",
                         help=f"comma-separated, from: {', '.join(X.METHODS)} (default: all)")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help=f"a workdir or step folder (default: {CHECKPOINT_FALLBACK})")
+                        help=f"a workdir or step folder (default: {cli.CHECKPOINT_FALLBACK})")
     parser.add_argument("--data-dir", metavar="DIR",
                         help=f"folder with the MNIST IDX files (default: {DATA_FALLBACK}, else the 200 shipped digits)")
     parser.add_argument("--tfds", action="store_true",
@@ -350,11 +349,13 @@ def main(argv=None) -> int:
 
     import jax
 
-    from mnist_checkpoint import check_output_folder, checkpoint_info, default_checkpoint, load_checkpoint
+    from mnist_checkpoint import check_output_folder, checkpoint_info, default_checkpoint, describe, load_checkpoint
     from mnist_data import DISPLAY_NAMES, MNISTDataError, load_test_or_sample
 
     check_output_folder(args.out, OUTPUT_FILES, "--out")  # before the minutes of work, not after
-    params, batch_stats, model, meta = load_checkpoint(args.checkpoint or default_checkpoint())
+    checkpoint = args.checkpoint or default_checkpoint()
+    params, batch_stats, model, meta = load_checkpoint(checkpoint)
+    print(f"checkpoint: {describe(checkpoint, meta)}")
     info = checkpoint_info(meta)  # the test set of the dataset it was trained on, its temperature
     if temperature is None:
         temperature = info.temperature or 1.0
@@ -369,7 +370,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     report, example = evaluate_methods(params, batch_stats, model, images, split.labels, methods, args.seed,
                                        args.steps, args.randomization_images, temperature=temperature)
-    report.update({"dataset": info.dataset, "dataset_name": DISPLAY_NAMES[info.dataset],
+    report.update({"checkpoint": describe(checkpoint, meta), "dataset": info.dataset, "dataset_name": DISPLAY_NAMES[info.dataset],
                    "class_names": list(info.class_names),
                    "seconds": time.perf_counter() - t0, "date": datetime.date.today().isoformat(),
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}"})

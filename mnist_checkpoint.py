@@ -19,8 +19,11 @@ folder and renames it (removed when the workdir is next opened), and a supersede
 first renamed into ``ckpt/.superseded/`` (one rename), then deleted there, so a half-deleted
 step is never taken for a checkpoint (``benchmarks/stress_kill.py`` kills runs to check).
 
-The scripts' default checkpoint (``CHECKPOINT_RULE``, ``default_checkpoint()``): a training
-run in ``checkpoints/`` when it holds a step, else the shipped ``pretrained/``.
+Which checkpoint (``CHECKPOINT_RULE``): the one named by ``--checkpoint`` (``load_checkpoint(path)``),
+else always the shipped ``pretrained/``. Training writes into ``checkpoints/`` by default, a
+folder the explaining scripts never read unless told, so a training run never changes what
+the demos show behind the user's back. Every script prints the checkpoint it explains
+(``describe``) and its figures and reports name it.
 """
 from __future__ import annotations
 
@@ -41,10 +44,10 @@ from mnist_cnn_model import MNISTCNN, shape_mismatch
 CKPT_SUBDIR = "ckpt"
 SUPERSEDED_SUBDIR = ".superseded"  # under ckpt/: steps orbax has let go, renamed here, then deleted
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
-DEFAULT_WORKDIR = "checkpoints"  # train_mnist.py's --workdir default
+# The rule's words live in cli (no JAX there), so --help answers before JAX is imported.
+from cli import CHECKPOINT_FALLBACK, CHECKPOINT_RULE, DEFAULT_WORKDIR  # noqa: E402,F401
+
 GET_CHECKPOINT_HINT = "train one with `python train_mnist.py` or use the shipped one in pretrained/"
-CHECKPOINT_FALLBACK = "checkpoints/ when a training run there has saved a step, else the shipped pretrained/"
-CHECKPOINT_RULE = f"--checkpoint if given, else {CHECKPOINT_FALLBACK}"
 
 
 class CheckpointError(ValueError):
@@ -52,10 +55,27 @@ class CheckpointError(ValueError):
 
 
 def default_checkpoint() -> str:
-    """``CHECKPOINT_RULE`` without a --checkpoint: ``checkpoints`` (relative to the current
-    folder, where train_mnist.py writes) when it holds a finished step, else ``pretrained/``."""
-    root = Path(DEFAULT_WORKDIR) / CKPT_SUBDIR
-    return DEFAULT_WORKDIR if root.is_dir() and step_dirs(root) else str(PRETRAINED_DIR)
+    """The checkpoint a script explains without --checkpoint: always the shipped ``pretrained/``
+    (``CHECKPOINT_RULE``), whatever a training run has written into ``checkpoints/``."""
+    return str(PRETRAINED_DIR)
+
+
+def describe(path: str | os.PathLike | None, meta: dict) -> str:
+    """One line naming a loaded checkpoint: its folder (relative to the current one where it
+    can be), "shipped" for pretrained/, its dataset and test accuracy when recorded."""
+    step_dir = resolve_checkpoint_dir(PRETRAINED_DIR if path is None else path).resolve()
+    shipped = PRETRAINED_DIR.resolve() in (step_dir, *step_dir.parents)
+    try:
+        where = str(step_dir.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        where = str(step_dir)
+    if shipped:
+        where = "pretrained/ (shipped)"
+    parts = [checkpoint_info(meta).dataset]
+    acc = meta.get("test_accuracy")
+    if isinstance(acc, (int, float)):
+        parts.append(f"test accuracy {100 * acc:.2f}%")
+    return f"{where}, {', '.join(parts)}"
 
 
 def make_manager(workdir: str | os.PathLike, read_only: bool = False) -> ocp.CheckpointManager:

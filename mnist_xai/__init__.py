@@ -53,7 +53,7 @@ its paper; its registry entry names its reference implementation.
 from .base import CAMExplainer, Explainer
 from .checks import (IMAGE_HW, NUM_CLASSES, PIXEL_SLACK, as_image_batch, as_images, as_targets,
                      finite_number, whole_number)
-from .display import explanation_grid, normalize_maps, overlay_heatmap
+from .display import clip_to_percentile, explanation_grid, normalize_maps, overlay_heatmap
 from .methods import (GradCAM, GradCAMPlusPlus, GradientXInput, IntegratedGradients, NoiseTunnel, Occlusion,
                       Saliency, ScoreCAM, SmoothGrad, SmoothGradSquared, VarGrad, compute_saliency,
                       occlusion_plan, window_starts)
@@ -67,7 +67,7 @@ __all__ = [
     "CAMExplainer", "COSTS", "ExplainedModel", "Explainer", "FAMILIES", "GradCAM", "GradCAMPlusPlus",
     "GradientXInput", "IMAGE_HW", "IntegratedGradients", "METHODS", "MethodSpec", "NUM_CLASSES", "NoiseTunnel",
     "Occlusion", "Option", "PIXEL_SLACK", "SPECS", "Saliency", "ScoreCAM", "SmoothGrad", "SmoothGradSquared",
-    "VarGrad", "as_image_batch", "as_images", "as_targets", "compute_saliency", "explained", "explanation_grid",
+    "VarGrad", "as_image_batch", "clip_to_percentile", "as_images", "as_targets", "compute_saliency", "explained", "explanation_grid",
     "finite_number", "in_chunks", "make_explainer", "markdown_table", "method_names", "normalize_maps", "occlusion_plan",
     "on_cpu", "overlay_heatmap", "parse_method_list", "register", "spec", "split_over_devices", "upsample",
     "whole_number",

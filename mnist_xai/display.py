@@ -19,6 +19,22 @@ def normalize_maps(maps, eps: float = 1e-12):
     return jnp.where(span > eps, (maps - lo) / jnp.where(span > eps, span, 1.0), 0.0)
 
 
+def clip_to_percentile(maps, percentile: float = 99.0):
+    """Scale each map of (N, H, W) (or one (H, W)) as PAIR's saliency library displays a
+    gradient (``saliency.core.VisualizeImageGrayscale``): (m - min) / (p-th percentile - min),
+    clipped to [0, 1]. A few very large gradients then no longer squash the rest of the map
+    to black, which min-max scaling does to vanilla saliency. For display only: the methods
+    return their raw maps. A map whose percentile equals its minimum gives zeros.
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile: expected a number in (0, 100], got {percentile!r}")
+    maps = np.asarray(maps, np.float32)
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    hi = np.percentile(maps, percentile, axis=(-2, -1), keepdims=True)
+    span = hi - lo
+    return np.where(span > 0, np.clip((maps - lo) / np.where(span > 0, span, 1.0), 0.0, 1.0), 0.0)
+
+
 def overlay_heatmap(image, heatmap, cmap: str = "jet", alpha: float = 0.45) -> np.ndarray:
     """Blend a heatmap in [0, 1] (H, W) over an image in [0, 1] (gray (H, W[, 1]) or RGB
     (H, W, 3)); returns RGB float (H, W, 3). uint8 images are read as 0-255.

@@ -740,10 +740,11 @@ def test_tfds_source_without_tfds_installed_says_what_to_install(tmp_path, scrip
 # --------------------------------------------------------------------------- real MNIST
 
 def real_data_dir() -> Path:
-    folder = os.environ.get("MNIST_DATA_DIR")
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"  # ../shared/ of the checkout
+    folder = os.environ.get("MNIST_DATA_DIR") or (str(beside) if beside.is_dir() else None)
     if not folder:
-        pytest.skip("real MNIST not checked: MNIST_DATA_DIR is not set "
-                    "(e.g. MNIST_DATA_DIR=/work/shared/data/mnist)")
+        pytest.skip("real MNIST not checked: MNIST_DATA_DIR is not set and ../shared/data/mnist is not "
+                    "beside the checkout (point MNIST_DATA_DIR at a folder of the four IDX files)")
     folder = Path(folder)
     try:
         for stem, kind in STEMS.items():

@@ -28,11 +28,13 @@ def _png(path: Path) -> np.ndarray:
 def test_quick_demo_writes_the_figure(tmp_path):
     out = tmp_path / "quick.png"
     (tmp_path / ".quick.123-0a1b2c3d.tmp.png").write_bytes(b"left by a killed run")
-    proc = _run(str(ROOT / "simple_mnist_xai_demo.py"), "--out", str(out), cwd=tmp_path)  # no checkpoints/ here
+    (tmp_path / "checkpoints" / "ckpt" / "4690").mkdir(parents=True)  # a training run here: not explained unasked
+    proc = _run(str(ROOT / "simple_mnist_xai_demo.py"), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["quick.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "quick.png"]
+    assert proc.stdout.splitlines()[0] == "checkpoint: pretrained/ (shipped), mnist, test accuracy 99.66%"
     img = _png(out)
-    assert img.shape[:2] == (468, 1350)  # 15 x 5.2 inches at 90 dpi
+    assert img.shape[:2] == (684, 1395)  # 15.5 x 7.6 inches at 90 dpi
     assert img[..., :3].var() > 0.01
     lines = [l for l in proc.stdout.splitlines() if l.startswith("digit ")]
     assert [int(re.match(r"digit (\d)", l).group(1)) for l in lines] == list(range(10))
@@ -99,7 +101,7 @@ def test_full_demo_on_shipped_digits(tmp_path):
     report = (out / "report.md").read_text()
     # (height, width) in pixels at 90 dpi; the shipped model gets all 200 digits right, so the
     # two figures of mistakes say so in a small panel (they are drawn in the test below).
-    sizes = {"gallery.png": (1557, 765),  # 10 digits x 5 columns of 1.7-inch cells
+    sizes = {"gallery.png": (1647, 810),  # 10 digits x 5 columns of 1.8-inch cells
              "class_average_maps.png": (468, 1350), "confusion_matrix.png": (486, 558),
              "contrastive.png": (135, 360), "misclassified.png": (193, 1350)}
     assert set(sizes) == set(demo_mnist_xai.FIGURES)
@@ -109,6 +111,8 @@ def test_full_demo_on_shipped_digits(tmp_path):
         assert img[..., :3].var() > 1e-3, f"{name} looks blank"
         assert f"({name})" in report, f"report does not link {name}"
     assert "Accuracy: **" in report and "200 digits" in report and "guessed to be confused" in report
+    assert "- Checkpoint: pretrained/ (shipped), mnist, test accuracy 99.66% (epoch 15)" in report
+    assert "per predicted class" in report and "Never predicted" not in report
     # The last line names every file written, and those are all the folder holds.
     assert proc.stdout.strip().splitlines()[-1] == (
         "wrote gallery.png, class_average_maps.png, confusion_matrix.png, contrastive.png, misclassified.png, "
@@ -146,11 +150,16 @@ def test_full_demo_refuses_an_out_folder_holding_other_files(tmp_path):
 
 def test_full_demo_mistakes_known_answer(tmp_path):
     """Relabel some of the shipped digits (which the shipped model gets right) so that the
-    mistakes are known: 3 fours labelled 9, 2 threes labelled 8, 1 five labelled 6."""
+    mistakes are known: 3 fours labelled 9, 2 threes labelled 8, 1 five labelled 6; and no seven,
+    and, in these 40 digits, no eight: the report must name 7 and 8 as never predicted and
+    missing from the gallery (8 is only the label of two threes, which are wrong)."""
     import demo_mnist_xai
-    from mnist_data import load_sample_digits
+    from mnist_data import Split, load_sample_digits
 
-    sample = load_sample_digits().take(40)
+    full = load_sample_digits().take(46)
+    keep = full.labels != 7
+    sample = Split(full.images[keep], full.labels[keep])
+    assert len(sample.labels) == 40
     labels = sample.labels.copy()
     for true, shown_as, count in ((4, 9, 3), (3, 8, 2), (5, 6, 1)):
         labels[np.flatnonzero(sample.labels == true)[:count]] = shown_as
@@ -170,6 +179,9 @@ def test_full_demo_mistakes_known_answer(tmp_path):
         {"pair": "5/6", "5->6": 0, "6->5": 1, "among_top": True}]
     report = (tmp_path / "report.md").read_text()
     assert "9→4 (3), 8→3 (2), 6→5 (1)" in report and "4/9: 4→9 0, 9→4 3 (among the most confused)" in report
+    assert summary["never_predicted"] == ["7", "8"] and summary["no_correct_example"] == ["7", "8"]
+    assert "No correctly classified digit of class 7, 8: not in the gallery." in report
+    assert "Never predicted, so no average: class 7, 8." in report
     # One row per confused pair, three examples of 3 panels (1.6-inch cells); one row of mistakes.
     for name, size in (("contrastive.png", (504, 1296)), ("misclassified.png", (193, 1350))):
         img = _png(tmp_path / name)
@@ -292,17 +304,17 @@ def test_command_line_errors_are_one_line(script, args, message):
     assert len(lines) == 1 and message in lines[0] and f"(see {script} --help)" in lines[0], proc.stderr
 
 
-def test_default_checkpoint_is_a_training_run_else_the_shipped_one(tmp_path, monkeypatch):
-    from mnist_checkpoint import CKPT_SUBDIR, PRETRAINED_DIR, default_checkpoint
+def test_a_training_run_does_not_change_the_default_checkpoint(tmp_path, monkeypatch):
+    """One rule: without --checkpoint every script explains the shipped pretrained/, whatever a
+    training run has written into checkpoints/ (train_mnist.py's default workdir)."""
+    from mnist_checkpoint import CKPT_SUBDIR, PRETRAINED_DIR, default_checkpoint, describe, load_checkpoint
 
     monkeypatch.chdir(tmp_path)
-    assert default_checkpoint() == str(PRETRAINED_DIR)  # no checkpoints/: the shipped pretrained/
-    (tmp_path / "checkpoints" / CKPT_SUBDIR).mkdir(parents=True)
-    assert default_checkpoint() == str(PRETRAINED_DIR)  # a run that saved nothing yet
-    (tmp_path / "checkpoints" / CKPT_SUBDIR / "4690.orbax-checkpoint-tmp-1").mkdir()
-    assert default_checkpoint() == str(PRETRAINED_DIR)  # nor a step half-written
-    (tmp_path / "checkpoints" / CKPT_SUBDIR / "4690").mkdir()
-    assert default_checkpoint() == "checkpoints"
+    assert default_checkpoint() == str(PRETRAINED_DIR)
+    (tmp_path / "checkpoints" / CKPT_SUBDIR / "4690").mkdir(parents=True)  # a training run's step
+    assert default_checkpoint() == str(PRETRAINED_DIR)
+    *_, meta = load_checkpoint()
+    assert describe(None, meta) == "pretrained/ (shipped), mnist, test accuracy 99.66%"
 
 
 SCRIPTS = ("train_mnist.py", "demo_mnist_xai.py", "evaluate_xai.py", "simple_mnist_xai_demo.py")
@@ -315,7 +327,7 @@ def test_every_help_states_the_default_rules_and_runnable_examples(script):
     proc = _run(str(ROOT / script), "--help")
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())  # argparse wraps lines
-    assert "checkpoints/ when a training run there has saved a step, else the shipped pretrained/" in text
+    assert "the shipped pretrained/; a training run is explained only when named, e.g. --checkpoint checkpoints" in text
     if script != "simple_mnist_xai_demo.py":  # the quick demo reads only the shipped digits
         assert "else $MNIST_DATA_DIR, else a copy tensorflow-datasets has prepared" in text
         assert "requirements-tfds.txt" in text
@@ -355,7 +367,7 @@ def test_quick_demo_leaves_the_callers_backend_and_pyplot_alone(tmp_path):
         assert matplotlib.get_backend() == "svg" and plt.get_fignums() == []
     finally:
         matplotlib.use(before)
-    assert [r["label"] for r in rows] == list(range(10)) and _png(tmp_path / "q.png").shape[:2] == (468, 1350)
+    assert [r["label"] for r in rows] == list(range(10)) and _png(tmp_path / "q.png").shape[:2] == (684, 1395)
 
 
 def test_readme_snippet_runs_from_the_repository_root_and_prints_what_it_says(tmp_path):
