@@ -47,16 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-import cli
-import mnist_checkpoint as ckpt
-from mnist_cnn_model import MNISTCNN, count_params
-from mnist_data import DATASETS, MNIST, Split, load_mnist, load_test_split, pixel_stats
+from mnist_data import DATASETS  # numpy only: the command line is read before JAX is imported
 
 # ----------------------------------------------------------------------------- configuration
 # The command line's training flags are TrainConfig's fields: each field's metadata holds
@@ -170,6 +161,45 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 # ----------------------------------------------------------------------------- metrics
 
+
+# ----------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser(__doc__)
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder with the four IDX files of --dataset (default: $MNIST_DATA_DIR, "
+                        "$FASHION_MNIST_DATA_DIR or $KMNIST_DATA_DIR by --dataset, else a copy tensorflow-datasets "
+                        "has prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets))")
+    p.add_argument("--tfds", action="store_true",
+                   help="read --dataset with tensorflow-datasets, downloading it on first use "
+                        "(pip install -r requirements-tfds.txt)")
+    p.add_argument("--workdir", default=cli.DEFAULT_WORKDIR, metavar="DIR",
+                   help="where checkpoints, metrics.json and training_curves.png go (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run whose checkpoints are in --workdir (refused if there are none)")
+    add_config_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--evaluate", action="store_true", help="only evaluate --checkpoint on the test set")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help=f"with --evaluate: a workdir or step folder (default: {cli.CHECKPOINT_FALLBACK})")
+    p.add_argument("--export", metavar="DIR",
+                   help="with --evaluate: also write a weights-only copy with its test accuracy to DIR")
+    return p
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and argument errors answer here, before JAX is imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+import mnist_checkpoint as ckpt  # noqa: E402
+from mnist_cnn_model import MNISTCNN, count_params  # noqa: E402
+from mnist_data import MNIST, Split, load_mnist, load_test_split, pixel_stats  # noqa: E402
 
 def compute_metrics(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> dict:
     onehot = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
@@ -586,32 +616,6 @@ def _summary(meta: dict) -> dict:
 def _in_main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = cli.parser(__doc__)
-    p.add_argument("--data-dir", metavar="DIR",
-                   help="folder with the four IDX files of --dataset (default: $MNIST_DATA_DIR, "
-                        "$FASHION_MNIST_DATA_DIR or $KMNIST_DATA_DIR by --dataset, else a copy tensorflow-datasets "
-                        "has prepared ($TFDS_DATA_DIR, default ~/tensorflow_datasets))")
-    p.add_argument("--tfds", action="store_true",
-                   help="read --dataset with tensorflow-datasets, downloading it on first use "
-                        "(pip install -r requirements-tfds.txt)")
-    p.add_argument("--workdir", default=ckpt.DEFAULT_WORKDIR, metavar="DIR",
-                   help="where checkpoints, metrics.json and training_curves.png go (default: %(default)s)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run whose checkpoints are in --workdir (refused if there are none)")
-    add_config_flags(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--evaluate", action="store_true", help="only evaluate --checkpoint on the test set")
-    p.add_argument("--checkpoint", metavar="PATH",
-                   help=f"with --evaluate: a workdir or step folder (default: {ckpt.CHECKPOINT_FALLBACK})")
-    p.add_argument("--export", metavar="DIR",
-                   help="with --evaluate: also write a weights-only copy with its test accuracy to DIR")
-    return p
 
 
 def _dataset_given(argv) -> bool:

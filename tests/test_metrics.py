@@ -196,7 +196,7 @@ def _run(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--methods", "gradcam,lime"], "--methods: expected names from gradcam"),
+    (["--methods", "gradcam,nosuch"], "--methods: expected names from gradcam"),
     (["--num-images", "201"], "--num-images 201 is more than the 200 test digits available"),
     (["--num-images", "0"], "--num-images: expected an integer >= 1, got 0"),
     (["--steps", "1"], "--steps: expected an integer >= 2, got 1"),
