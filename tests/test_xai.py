@@ -396,3 +396,16 @@ def test_integer_pixels_are_read_like_uint8(cnn, digits):
     for dtype in (np.int64, np.int32, np.uint16):
         np.testing.assert_array_equal(X.Saliency(model).attribute(params, batch_stats, u8.astype(dtype)), expected)
     np.testing.assert_array_equal(X.Saliency(model).attribute(params, batch_stats, u8.astype(np.float32) / 255), expected)
+
+
+def test_clip_to_percentile_scales_as_pair_displays_saliency():
+    """PAIR's VisualizeImageGrayscale: (m - min) / (p-th percentile - min), clipped to [0, 1]."""
+    m = np.arange(100, dtype=np.float32).reshape(10, 10)  # 0..99: the 90th percentile is 89.1
+    out = X.clip_to_percentile(m, 90)
+    np.testing.assert_allclose(out, np.clip(m / 89.1, 0, 1), rtol=1e-6)
+    assert (out[m >= 89.1] == 1).all() and out[0, 0] == 0
+    batch = X.clip_to_percentile(np.stack([m, 2 * m + 5, np.zeros_like(m)]), 90)  # per map; flat map: zeros
+    np.testing.assert_allclose(batch[1], out, rtol=1e-6)
+    assert (batch[2] == 0).all()
+    with pytest.raises(ValueError, match=r"percentile: expected a number in \(0, 100\], got 0"):
+        X.clip_to_percentile(m, 0)
