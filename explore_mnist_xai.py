@@ -9,7 +9,7 @@
 It prints the address to open. Draw with the pen (or pick one of the 200 shipped MNIST test
 digits, or paste/upload a picture): the app shows the 28x28 image the model sees (made the
 way MNIST was: mnist_preprocess.to_mnist), the prediction with all ten class probabilities,
-and the maps of every explanation method (mnist_xai_visualizations.METHODS) overlaid on the
+and the maps of ten explanation methods (``methods_in_order``, of the registry's) overlaid on the
 digit, each titled with its deletion AUC for this digit (mnist_xai_metrics.deletion_insertion;
 lower = the map found the pixels the prediction rests on). "Compare with class" shows the
 maps for the predicted class and the chosen one side by side ("why 4 and not 9"). The fast
@@ -65,6 +65,7 @@ TITLES = {
 STAGES = (("gradcam", "saliency"), ("gradcam++", "gradient_x_input"), ("smoothgrad",),
           ("integrated_gradients",), ("scorecam",), ("occlusion",))
 SLOW = ("smoothgrad", "integrated_gradients", "scorecam", "occlusion")
+MORE = ("smoothgrad_sq", "vargrad")  # shown after the stages, one stage each
 
 IG_STEPS = (16, 32, 64, 100)
 SG_SAMPLES = (10, 25, 50)
@@ -79,16 +80,16 @@ MNIST_CREDIT = ("MNIST sample digits (the test set): Yann LeCun, Corinna Cortes,
 
 
 def methods_in_order() -> list[str]:
-    """Every method of ``mnist_xai_visualizations.METHODS``, in stage order (new ones last)."""
+    """The methods the page shows, in stage order: ``STAGES`` and then ``MORE``, those of them
+    that are registered. The page explains every stroke, so it shows these fast-enough ten; the
+    library's other methods (``python -m mnist_xai`` lists them) are a call away in Python."""
     import mnist_xai_visualizations as X
-    staged = [m for stage in STAGES for m in stage if m in X.METHODS]
-    return staged + [m for m in X.METHODS if m not in staged]
+    return [m for stage in (*STAGES, *((m,) for m in MORE)) for m in stage if m in X.METHODS]
 
 
 def stages() -> list[tuple[str, ...]]:
     import mnist_xai_visualizations as X
-    out = [tuple(m for m in stage if m in X.METHODS) for stage in STAGES]
-    out += [(m,) for m in X.METHODS if not any(m in s for s in STAGES)]
+    out = [tuple(m for m in stage if m in X.METHODS) for stage in (*STAGES, *((m,) for m in MORE))]
     return [s for s in out if s]
 
 

@@ -17,6 +17,8 @@ import mnist_xai_metrics as M
 import mnist_xai_visualizations as X
 from mnist_data import load_sample_digits
 
+SHOWN = E.methods_in_order()  # the methods the page shows (a choice of the registry's)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,9 +57,9 @@ def last(gen):
 
 
 def test_every_method_is_shown_and_staged():
-    assert set(E.methods_in_order()) == set(X.METHODS)
+    assert E.methods_in_order() == [*(m for st in E.STAGES for m in st), *E.MORE]
     assert E.stages()[0] == ("gradcam", "saliency")
-    assert set(E.TITLES) >= set(X.METHODS)
+    assert set(E.TITLES) >= set(E.methods_in_order())
 
 
 def test_a_sample_digit_gets_its_label_every_map_and_auc(explorer, samples):
@@ -70,9 +72,9 @@ def test_a_sample_digit_gets_its_label_every_map_and_auc(explorer, samples):
     assert set(E.SLOW) <= set(first.pending)
     r = final.models[0]
     assert final.done and not final.pending and [rep.done for rep in reports].count(True) == 1
-    assert set(r.maps) == set(r.aucs) == set(r.pictures) == set(X.METHODS)
+    assert set(r.maps) == set(r.aucs) == set(r.pictures) == set(SHOWN)
     assert r.targets == [r.pred] and abs(r.probs.sum() - 1) < 1e-4 and r.probs.argmax() == r.pred
-    for method in X.METHODS:
+    for method in SHOWN:
         assert r.maps[method].shape == (1, 28, 28) and np.isfinite(r.maps[method]).all()
         assert 0 <= r.aucs[method][0] <= 1
         assert r.pictures[method][0].startswith("data:image/png;base64,")
@@ -92,7 +94,7 @@ def test_target_choice_gives_two_rows_that_differ(explorer, samples):
     image = samples.images[0, :, :, 0] / 255.0  # a 7
     r = list(explorer.run(image, chosen=1))[-1].models[0]
     assert r.targets == [7, 1]
-    for method in X.METHODS:
+    for method in SHOWN:
         assert r.maps[method].shape == (2, 28, 28) and r.aucs[method].shape == (2,)
     assert not np.allclose(r.maps["gradcam"][0], r.maps["gradcam"][1])
     assert r.pictures["saliency"][0] != r.pictures["saliency"][1]
@@ -114,7 +116,7 @@ def test_two_models_side_by_side_same_digit(explorer, samples):
     final = list(two.run(image, chosen=5))[-1]
     ra, rb = final.models
     assert (ra.name, rb.name) == (a.name, "untrained")
-    assert set(ra.maps) == set(rb.maps) == set(X.METHODS)
+    assert set(ra.maps) == set(rb.maps) == set(SHOWN)
     assert ra.pred == samples.labels[3]
     assert not np.allclose(ra.probs, rb.probs)
     assert not np.allclose(ra.maps["saliency"][0], rb.maps["saliency"][0])
@@ -128,9 +130,9 @@ def test_drawings_are_read(app, strokes, digit):
     assert 'data-kind="done"' in status and f'data-pred="{digit}"' in model_html
     assert state["image"].shape == (28, 28) and state["where"] == "your drawing"
     assert 'id="xe-model-input"' in inp
-    for method in X.METHODS:
+    for method in SHOWN:
         assert f'data-method="{method}"' in model_html
-    assert model_html.count("<img") == len(X.METHODS) and "deletion AUC" in model_html
+    assert model_html.count("<img") == len(SHOWN) and "deletion AUC" in model_html
     assert len(outs) == len(E.stages()) + 1  # the first answer, then one update per stage
 
 
@@ -138,7 +140,7 @@ def test_settings_rerun_the_current_digit(app):
     _, (_, _, _, state) = last(app.on_canvas(canvas(VERTICAL)))
     _, (_, status, html_two, state2) = last(app.on_settings(state, "7", "16"))  # IG with 16 steps
     assert 'data-kind="done"' in status and "why 1 and not 7" in html_two
-    assert html_two.count("<img") == 2 * len(X.METHODS) and 'data-target="7"' in html_two
+    assert html_two.count("<img") == 2 * len(SHOWN) and 'data-target="7"' in html_two
     assert state2["image"] is state["image"]
     # a setting off the menu, or no digit yet: a message, not an error
     _, (_, status, _, _) = last(app.on_settings(state, "7", "17"))

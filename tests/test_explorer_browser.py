@@ -24,7 +24,9 @@ pytestmark = [
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-explorer.txt)")
 
-import mnist_xai_visualizations as X  # noqa: E402
+import explore_mnist_xai as E  # noqa: E402
+
+SHOWN = E.methods_in_order()  # the methods the page shows (a choice of the registry's)
 
 TIMEOUT_MS = 60_000  # one request on a busy 2-core machine, compiling what it has not yet
 
@@ -159,7 +161,7 @@ def test_draw_explain_compare_clear(page, tmp_path):
     draw(pg, VERTICAL)
     assert prediction(pg) == 1
     maps = map_sources(pg)
-    assert set(maps) == set(X.METHODS)
+    assert set(maps) == set(SHOWN)
     assert all(len(v) == 1 and v[0].startswith("data:image/png") for v in maps.values())
     assert pg.locator("#xe-model-input").is_visible()
     assert "deletion AUC" in pg.inner_text("#xe-model-0")
@@ -170,13 +172,13 @@ def test_draw_explain_compare_clear(page, tmp_path):
     wait_done(pg)
     two = map_sources(pg)
     assert all(len(v) == 2 and v[0] != v[1] for v in two.values()), "the chosen class's maps equal the predicted's"
-    assert all(two[m][0] == maps[m][0] for m in X.METHODS)  # the predicted class's maps stay
+    assert all(two[m][0] == maps[m][0] for m in SHOWN)  # the predicted class's maps stay
     assert "why 1 and not 7" in pg.inner_text("#xe-model-0")
     mark_stale(pg)
     pg.locator("#xe-target label", has_text="4").click()
     wait_done(pg)
     four = map_sources(pg)
-    assert all(four[m][1] != two[m][1] for m in X.METHODS), "another target class left the maps as they were"
+    assert all(four[m][1] != two[m][1] for m in SHOWN), "another target class left the maps as they were"
     shot = tmp_path / "explorer.png"
     pg.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -195,7 +197,7 @@ def test_draw_explain_compare_clear(page, tmp_path):
     wait_done(pg, "info")  # no digit: "draw a digit first"
     draw(pg, LOOP)
     assert prediction(pg) == 0
-    assert set(map_sources(pg)) == set(X.METHODS)
+    assert set(map_sources(pg)) == set(SHOWN)
     docs = os.environ.get("MNIST_XAI_EXPLORER_SCREENSHOT")
     if docs:  # the README's picture: a drawn 4, and why the model says 4 and not 9
         pg.click("#xe-clear")
