@@ -62,8 +62,8 @@ from reference_models import LO, unflatten  # noqa: E402
 OUT = ROOT / "tests" / "fixtures" / "reference_perturbation.npz"
 DIGITS = np.array([0, 1, 2, 3, 16, 17, 18, 19])
 PATCH = 4  # 49 features
-SHAPLEY_SAMPLES, KERNEL_SHAP_SAMPLES, LIME_SAMPLES = 4, 100, 100
-RISE_SAMPLES, RISE_GRID, RISE_P = 200, 7, 0.5
+SHAPLEY_SAMPLES, KERNEL_SHAP_SAMPLES, LIME_SAMPLES = 2, 100, 100
+RISE_SAMPLES, RISE_GRID, RISE_P = 100, 7, 0.5
 LIME_ALPHA = 1.0
 
 

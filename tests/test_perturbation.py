@@ -20,6 +20,8 @@ Bound: every digit within 1e-4 of its reference map's max (``parity.assert_close
 no flips: these methods take no gradients, so no ReLU/max-pool decision can move a map).
 Measured on this 2-core AMD EPYC, AVX-512 and ``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` alike: every
 digit of every method at 2.5e-6..9.3e-6, the fixture's rounding (7.6e-6) plus float32.
+RISE's softmax scores are compared on refnet only (the same code path as the logits'; one
+compilation fewer for the time budget).
 """
 from __future__ import annotations
 
@@ -41,13 +43,14 @@ NETS = {"cnn": (MNISTCNN, "images", 0.0), "refnet": (RefNet, "refnet/images", fl
 #: the methods as the fixture was made (sample counts: benchmarks/make_reference_perturbation.py)
 METHODS = {
     "feature_ablation": lambda m, b: X.FeatureAblation(m, baseline=b, chunk_size=8),
-    "shapley_sampling": lambda m, b: X.ShapleyValueSampling(m, samples=4, baseline=b, chunk_size=8),
+    "shapley_sampling": lambda m, b: X.ShapleyValueSampling(m, samples=2, baseline=b, chunk_size=8),
     "kernel_shap": lambda m, b: X.KernelSHAP(m, samples=100, baseline=b, chunk_size=8),
     "lime": lambda m, b: X.LIME(m, samples=100, alpha=1.0, kernel_width=1.0, baseline=b, chunk_size=8),
-    "rise": lambda m, b: X.RISE(m, samples=200, grid=7, probability=0.5, baseline=b, chunk_size=8),
-    "rise_softmax": lambda m, b: X.RISE(m, samples=200, grid=7, probability=0.5, baseline=b, softmax=True,
+    "rise": lambda m, b: X.RISE(m, samples=100, grid=7, probability=0.5, baseline=b, chunk_size=8),
+    "rise_softmax": lambda m, b: X.RISE(m, samples=100, grid=7, probability=0.5, baseline=b, softmax=True,
                                         chunk_size=8),
 }
+CASES = [(net, method) for net in NETS for method in METHODS if (net, method) != ("cnn", "rise_softmax")]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +69,13 @@ def ours(ref):
     for net, (cls, images, baseline) in NETS.items():
         p, b = unflatten(ref, f"{net}/params"), unflatten(ref, f"{net}/batch_stats")
         for name, make in METHODS.items():
+            if (net, name) not in CASES:
+                continue
             out[net, name] = make(cls(), baseline).attribute(p, b, ref[images][digits], ref["targets"][digits])
     return out
 
 
-@pytest.mark.parametrize("net", NETS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("net, method", CASES)
 def test_maps_match_the_reference(ref, ours, net, method):
     assert_close_per_digit(ours[net, method], ref[f"p:{net}/{method}"], f"{net}/{method}")
 
@@ -80,10 +84,10 @@ def test_the_samples_are_the_fixtures(ref):
     """Our draws from PRNGKey(0) are the samples the reference was fed (and RISE's masks are
     skimage's resize of them: the generator asserts it; the first 16 are stored)."""
     key = jax.random.PRNGKey(0)
-    np.testing.assert_array_equal(shapley_permutations(key, 4, 49), ref["p:shapley/permutations"])
+    np.testing.assert_array_equal(shapley_permutations(key, 2, 49), ref["p:shapley/permutations"])
     np.testing.assert_array_equal(kernel_shap_coalitions(key, 100, 49), ref["p:kernel_shap/coalitions"])
     np.testing.assert_array_equal(lime_coalitions(key, 100, 49), ref["p:lime/coalitions"])
-    masks, cells, shifts = rise_masks(key, 200, 7, 0.5, (28, 28))
+    masks, cells, shifts = rise_masks(key, 100, 7, 0.5, (28, 28))
     np.testing.assert_array_equal(cells, ref["p:rise/cells"])
     np.testing.assert_array_equal(shifts, ref["p:rise/shifts"])
     np.testing.assert_allclose(masks[:16], ref["p:rise/masks"], rtol=0, atol=1e-6)
@@ -134,7 +138,7 @@ def mlp(x):
         jax.numpy.tanh(x.reshape(len(x), -1) @ V) @ U
 
 
-@pytest.mark.parametrize("samples", [1, 2, 5])
+@pytest.mark.parametrize("samples", [1, 3])
 def test_shapley_sampling_is_efficient_for_every_order_count(samples):
     """sum_f phi_f = y(x) - y(baseline) on a nonlinear model, whatever the number of orders."""
     a = X.ShapleyValueSampling(mlp, samples=samples, baseline=0.2).attribute(None, None, IMAGES, TARGETS)
@@ -173,14 +177,21 @@ def test_feature_masks_any_ids_and_one_per_image():
         np.testing.assert_allclose(b[i], one[0], rtol=0, atol=1e-5 * np.abs(one).max())
 
 
+def test_forward_passes_in_blocks_change_nothing():
+    """``lax.map`` over blocks of perturbed copies (the last one padded) equals one big batch."""
+    e = X.ShapleyValueSampling(mlp, samples=2, baseline=0.2)
+    a = e.attribute(None, None, IMAGES, TARGETS)
+    e.forward_block = 37  # 3 x 99 copies: 9 blocks, the last padded
+    b = e.attribute(None, None, IMAGES, TARGETS, key=jax.random.PRNGKey(0))
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * np.abs(a).max())
+
+
 def test_noise_tunnel_wraps_a_feature_method():
     """The (H, W)-mask path that NoiseTunnel takes is the one ``attribute`` takes."""
-    a = X.LIME(linear, samples=30).attribute(None, None, IMAGES, TARGETS)
-    b = X.NoiseTunnel(linear, "lime", samples=1, noise_level=0.0, input_range=(0.0, 1.0),
-                      method_options={"samples": 30}).attribute(None, None, IMAGES, TARGETS, key=jax.random.PRNGKey(7))
-    c = X.LIME(linear, samples=30).attribute(None, None, IMAGES, TARGETS, key=jax.random.fold_in(jax.random.PRNGKey(7), 1))
-    np.testing.assert_allclose(b, c, rtol=0, atol=1e-5 * np.abs(c).max())
-    assert np.abs(a - c).max() > 1e-3  # another key, other coalitions
+    a = X.FeatureAblation(linear, baseline=0.3).attribute(None, None, IMAGES, TARGETS)
+    b = X.NoiseTunnel(linear, "feature_ablation", samples=1, noise_level=0.0, input_range=(0.0, 1.0),
+                      method_options={"baseline": 0.3}).attribute(None, None, IMAGES, TARGETS)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * np.abs(a).max())
 
 
 # ----------------------------------------------------------------------------- option errors

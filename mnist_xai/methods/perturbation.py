@@ -253,12 +253,14 @@ def _feature_mask(value):
     return m.astype(np.int32)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def shapley_permutations(key, samples: int, num_features: int) -> jax.Array:
     """(samples, M) int32: one random order of the M features a row (Shapley Value Sampling)."""
     order = jnp.broadcast_to(jnp.arange(num_features, dtype=jnp.int32), (samples, num_features))
     return jax.random.permutation(key, order, axis=1, independent=True)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def kernel_shap_coalitions(key, samples: int, num_features: int) -> jax.Array:
     """(samples, M) float32 coalitions (1: the feature is the image's), drawn as Captum's
     ``KernelShap.kernel_shap_perturb_generator``: all on, all off, then for each other row a size
@@ -275,6 +277,7 @@ def kernel_shap_coalitions(key, samples: int, num_features: int) -> jax.Array:
     return rows[:samples]
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def lime_coalitions(key, samples: int, num_features: int) -> jax.Array:
     """(samples, M) float32: each feature on with probability 1/2 (Captum's ``default_perturb_func``)."""
     return jax.random.bernoulli(key, 0.5, (samples, num_features)).astype(jnp.float32)
@@ -296,23 +299,32 @@ class _Perturbation(Explainer):
 
     chunk_size = 16  # images a call (each becomes tens to thousands of perturbed copies)
     cpu_chunk_size = 1
-    #: perturbed copies a forward pass (GPU; 256 on a CPU): bounds the activations' memory
+    #: perturbed copies a forward pass (GPU; 1024 on a CPU): bounds the activations' memory
     forward_block = 8192
 
     def __init__(self, model, baseline: float, chunk_size: int | None = None):
         self.baseline = finite_number("baseline", baseline)
         super().__init__(model, chunk_size)
         if on_cpu():
-            self.forward_block = 256
+            self.forward_block = 1024
+
+    def perturbed_logits(self, variables, images, keep):
+        """``(logits of images * keep + baseline * (1 - keep) (n, P, classes), logits of the
+        images (n, classes))`` for ``keep`` (n, P, H, W), 1 where a copy keeps the pixel (all
+        channels). The images ride along as one more copy: one forward graph to compile."""
+        n, p = keep.shape[:2]
+        w = jnp.concatenate([jnp.ones((n, 1, *keep.shape[2:]), images.dtype), keep.astype(images.dtype)], 1)
+        w = w[..., None]
+        copies = (images[:, None] * w + self.baseline * (1 - w)).reshape(n * (p + 1), *images.shape[1:])
+        out = _block_logits(lambda x: self.logits(variables, x), copies, self.forward_block).reshape(n, p + 1, -1)
+        return out[:, 1:], out[:, 0]
 
     def perturbed_scores(self, variables, images, keep, targets):
-        """Target logits of ``images * keep + baseline * (1 - keep)``, (n, P), for ``keep``
-        (n, P, H, W) with 1 where a copy keeps the pixel (all channels)."""
-        n, p = keep.shape[:2]
-        w = keep[..., None].astype(images.dtype)
-        copies = (images[:, None] * w + self.baseline * (1 - w)).reshape(n * p, *images.shape[1:])
-        out = _block_logits(lambda x: self.logits(variables, x), copies, self.forward_block)
-        return jnp.take_along_axis(out.reshape(n, p, -1), targets[:, None, None], 2)[..., 0]
+        """``(target logits of the copies (n, P), logits of the images (n, classes))``; the
+        target is each image's predicted class where ``targets`` is -1."""
+        out, logits = self.perturbed_logits(variables, images, keep)
+        t = _resolve_targets(logits, targets)
+        return jnp.take_along_axis(out, t[:, None, None], 2)[..., 0], logits
 
 
 class _FeatureMethod(_Perturbation):
@@ -403,10 +415,9 @@ class FeatureAblation(_FeatureMethod):
         super().__init__(model, patch, feature_mask, baseline, chunk_size)
 
     def feature_scores(self, variables, images, targets, masks, num_features, key):
-        logits = self.logits(variables, images)
-        t = _resolve_targets(logits, targets)
-        off = self.perturbed_scores(variables, images, self.keep_of(1 - jnp.eye(num_features), masks), t)
-        return jnp.take_along_axis(logits, t[:, None], 1) - off, logits
+        z = jnp.concatenate([jnp.ones((1, num_features)), 1 - jnp.eye(num_features)])  # the image, then each ablation
+        y, logits = self.perturbed_scores(variables, images, self.keep_of(z, masks), targets)
+        return y[:, :1] - y[:, 1:], logits
 
 
 @register("shapley_sampling", title="Shapley Value Sampling", family="perturbation", cost="slow", signed=True,
@@ -433,17 +444,15 @@ class ShapleyValueSampling(_FeatureMethod):
         super().__init__(model, patch, feature_mask, baseline, chunk_size)
 
     def feature_scores(self, variables, images, targets, masks, num_features, key):
-        logits = self.logits(variables, images)
-        t = _resolve_targets(logits, targets)
         perms = shapley_permutations(key, self.samples, num_features)  # (S, M)
         rank = jnp.argsort(perms, axis=1)  # rank[s, f]: where feature f comes in order s
         steps = jnp.arange(num_features)
         on = (rank[:, None, :] <= steps[None, :, None]).astype(images.dtype)  # (S, M steps, M features)
-        out = self.perturbed_scores(variables, images, self.keep_of(on.reshape(-1, num_features), masks), t)
-        out = out.reshape(len(images), self.samples, num_features)  # (n, S, step)
-        base = self.perturbed_scores(variables, images, jnp.zeros((len(images), 1, *masks.shape[1:])), t)
-        prev = jnp.concatenate([jnp.broadcast_to(base[:, :, None], (len(images), self.samples, 1)),
-                                out[:, :, :-1]], axis=2)
+        z = jnp.concatenate([jnp.zeros((1, num_features)), on.reshape(-1, num_features)])  # the baseline first
+        y, logits = self.perturbed_scores(variables, images, self.keep_of(z, masks), targets)
+        out = y[:, 1:].reshape(len(images), self.samples, num_features)  # (n, S, step)
+        base = jnp.broadcast_to(y[:, :1, None], (len(images), self.samples, 1))
+        prev = jnp.concatenate([base, out[:, :, :-1]], axis=2)
         gain = jnp.take_along_axis(out - prev, jnp.broadcast_to(rank[None], out.shape), 2)  # step -> feature
         return gain.sum(1) / self.samples, logits
 
@@ -509,10 +518,8 @@ class KernelSHAP(_FeatureMethod):
         super().__init__(model, patch, feature_mask, baseline, chunk_size)
 
     def feature_scores(self, variables, images, targets, masks, num_features, key):
-        logits = self.logits(variables, images)
-        t = _resolve_targets(logits, targets)
         z = kernel_shap_coalitions(key, self.samples, num_features)
-        y = self.perturbed_scores(variables, images, self.keep_of(z, masks), t)  # (n, S)
+        y, logits = self.perturbed_scores(variables, images, self.keep_of(z, masks), targets)  # (n, S)
         size = z.sum(1)
         w = jnp.where((size == 0) | (size == num_features), KERNEL_SHAP_INF_WEIGHT, 1.0)
 
@@ -562,11 +569,9 @@ class LIME(_FeatureMethod):
         return jnp.exp(-distance ** 2 / (2 * self.kernel_width ** 2))
 
     def feature_scores(self, variables, images, targets, masks, num_features, key):
-        logits = self.logits(variables, images)
-        t = _resolve_targets(logits, targets)
         z = lime_coalitions(key, self.samples, num_features)
         keep = self.keep_of(z, masks)
-        y = self.perturbed_scores(variables, images, keep, t)  # (n, S)
+        y, logits = self.perturbed_scores(variables, images, keep, targets)  # (n, S)
         pi = self.similarity(images, keep.astype(images.dtype))
 
         def fit(yi, wi):
@@ -600,6 +605,7 @@ def rise_upsampling(cells: int, size: int) -> np.ndarray:
     return r
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def rise_masks(key, samples: int, grid: int, probability: float, hw: tuple[int, int]):
     """RISE's random masks (Petsiuk et al. 2018, sec. 3.2; github.com/eclique/RISE ``generate_masks``):
     ``(masks (samples, H, W) float32, cells (samples, grid, grid) in {0, 1}, shifts (samples, 2) int32)``.
@@ -661,13 +667,10 @@ class RISE(_Perturbation):
             raise ValueError(f"grid: expected at most the image side ({min(images.shape[1:3])}), got {self.grid}")
 
     def _maps(self, variables, images, targets, key):
-        logits = self.logits(variables, images)
-        t = _resolve_targets(logits, targets)
         masks, _, _ = rise_masks(key, self.samples, self.grid, self.probability, tuple(images.shape[1:3]))
         n, s = len(images), self.samples
-        w = masks[None, :, :, :, None]
-        copies = (images[:, None] * w + self.baseline * (1 - w)).reshape(n * s, *images.shape[1:])
-        out = _block_logits(lambda x: self.logits(variables, x), copies, self.forward_block).reshape(n, s, -1)
+        out, logits = self.perturbed_logits(variables, images, jnp.broadcast_to(masks, (n, *masks.shape)))
+        t = _resolve_targets(logits, targets)
         if self.softmax:
             out = jax.nn.softmax(out, axis=-1)
         scores = jnp.take_along_axis(out, t[:, None, None], 2)[..., 0]  # (n, S)
