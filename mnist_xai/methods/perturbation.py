@@ -15,6 +15,7 @@ from ..checks import IMAGE_HW, finite_number, whole_number
 from ..model import explained
 from ..ops import _resolve_targets
 from ..registry import Option, register
+from ..runtime import in_chunks, on_cpu, split_over_devices
 
 
 def occlusion_plan(starts: Sequence[int], patch: int, segments, size: int = 28) -> list[dict]:
@@ -216,3 +217,461 @@ class Occlusion(Explainer):
         digit_windows = len(window_starts(28, min(self.patch, 28), self.stride)) ** 2
         k = max(1, self.chunk_size * digit_windows * 784 // (windows * int(np.prod(image_shape))))
         return -(-k // self.num_devices) * self.num_devices
+
+
+# ----------------------------------------------------------------------------- feature methods
+#
+# Feature Ablation, Shapley Value Sampling, KernelSHAP and LIME perturb *features*: groups of
+# pixels (over all channels) switched between the image and ``baseline`` together. A feature
+# mask (H, W) (or one per image, (N, H, W)) holds each pixel's feature id 0..M-1; by default
+# square ``patch`` x ``patch`` patches (M = 49 for 4 px on 28x28). Each method scores the M
+# features of an image and paints every pixel with its feature's score (Captum's
+# ``return_input_shape=True``); with C channels each channel of Captum's attribution holds that
+# same score (our maps are not summed over channels, like Occlusion's). Every sample (the
+# permutations, the coalitions, RISE's masks) is drawn from the ``key`` of ``attribute``
+# (default PRNGKey(0)) by the public functions below, the same for every image of a call.
+
+#: KernelSHAP's weight of the all-on and all-off coalitions (Captum's ``inf_weight``).
+KERNEL_SHAP_INF_WEIGHT = 1e6
+
+
+def patch_features(hw: tuple[int, int], patch: int) -> np.ndarray:
+    """(H, W) int32 feature ids of ``patch`` x ``patch`` squares, row by row (edge squares may be smaller)."""
+    rows, cols = np.arange(hw[0]) // patch, np.arange(hw[1]) // patch
+    return (rows[:, None] * -(-hw[1] // patch) + cols[None, :]).astype(np.int32)
+
+
+def _feature_mask(value):
+    """None, or the feature mask as int32 (H, W) / (N, H, W); one ValueError line otherwise."""
+    if value is None:
+        return None
+    m = np.asarray(value) if not isinstance(value, (str, bytes)) else np.asarray(None)
+    ok = m.dtype != bool and np.issubdtype(m.dtype, np.integer) and m.ndim in (2, 3) and m.size > 0
+    if not ok or m.min() < 0 or m.max() >= 2 ** 31:
+        got = f"shape {m.shape} dtype {m.dtype}" + (f" values in [{m.min()}, {m.max()}]" if ok else "")
+        raise ValueError(f"feature_mask: expected non-negative integer feature ids, (H, W) or (N, H, W), got {got}")
+    return m.astype(np.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def shapley_permutations(key, samples: int, num_features: int) -> jax.Array:
+    """(samples, M) int32: one random order of the M features a row (Shapley Value Sampling)."""
+    order = jnp.broadcast_to(jnp.arange(num_features, dtype=jnp.int32), (samples, num_features))
+    return jax.random.permutation(key, order, axis=1, independent=True)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def kernel_shap_coalitions(key, samples: int, num_features: int) -> jax.Array:
+    """(samples, M) float32 coalitions (1: the feature is the image's), drawn as Captum's
+    ``KernelShap.kernel_shap_perturb_generator``: all on, all off, then for each other row a size
+    k in 1..M-1 with p(k) proportional to (M - 1) / (k (M - k)) and a uniformly random k-subset
+    (the k largest of M standard normals)."""
+    m = num_features
+    k_size, k_subset = jax.random.split(key)
+    sizes = jnp.arange(1, m)
+    logp = jnp.log((m - 1) / (sizes * (m - sizes)).astype(jnp.float32))
+    k = jax.random.categorical(k_size, logp, shape=(max(samples - 2, 0),)) + 1
+    vals = jax.random.normal(k_subset, (max(samples - 2, 0), m))
+    rank = jnp.argsort(jnp.argsort(-vals, axis=1), axis=1)  # 0 for the largest
+    rows = jnp.concatenate([jnp.ones((1, m)), jnp.zeros((1, m)), (rank < k[:, None]).astype(jnp.float32)])
+    return rows[:samples]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def lime_coalitions(key, samples: int, num_features: int) -> jax.Array:
+    """(samples, M) float32: each feature on with probability 1/2 (Captum's ``default_perturb_func``)."""
+    return jax.random.bernoulli(key, 0.5, (samples, num_features)).astype(jnp.float32)
+
+
+def _block_logits(logits_fn, images, block: int):
+    """``logits_fn`` of (K, H, W, C) images, ``block`` of them at a time (``lax.map``): (K, classes)."""
+    k = images.shape[0]
+    if k <= block:
+        return logits_fn(images)
+    nb = -(-k // block)
+    x = jnp.pad(images, ((0, nb * block - k),) + ((0, 0),) * (images.ndim - 1))
+    out = jax.lax.map(logits_fn, x.reshape(nb, block, *images.shape[1:]))
+    return out.reshape(nb * block, -1)[:k]
+
+
+class _Perturbation(Explainer):
+    """Shared by the feature methods and RISE: target logits of perturbed copies, in blocks."""
+
+    chunk_size = 16  # images a call (each becomes tens to thousands of perturbed copies)
+    cpu_chunk_size = 1
+    #: perturbed copies a forward pass (GPU; 1024 on a CPU): bounds the activations' memory
+    forward_block = 8192
+
+    def __init__(self, model, baseline: float, chunk_size: int | None = None):
+        self.baseline = finite_number("baseline", baseline)
+        super().__init__(model, chunk_size)
+        if on_cpu():
+            self.forward_block = 1024
+
+    def perturbed_logits(self, variables, images, keep):
+        """``(logits of images * keep + baseline * (1 - keep) (n, P, classes), logits of the
+        images (n, classes))`` for ``keep`` (n, P, H, W), 1 where a copy keeps the pixel (all
+        channels). The images ride along as one more copy: one forward graph to compile."""
+        n, p = keep.shape[:2]
+        w = jnp.concatenate([jnp.ones((n, 1, *keep.shape[2:]), images.dtype), keep.astype(images.dtype)], 1)
+        w = w[..., None]
+        copies = (images[:, None] * w + self.baseline * (1 - w)).reshape(n * (p + 1), *images.shape[1:])
+        out = _block_logits(lambda x: self.logits(variables, x), copies, self.forward_block).reshape(n, p + 1, -1)
+        return out[:, 1:], out[:, 0]
+
+    def perturbed_scores(self, variables, images, keep, targets):
+        """``(target logits of the copies (n, P), logits of the images (n, classes))``; the
+        target is each image's predicted class where ``targets`` is -1."""
+        out, logits = self.perturbed_logits(variables, images, keep)
+        t = _resolve_targets(logits, targets)
+        return jnp.take_along_axis(out, t[:, None, None], 2)[..., 0], logits
+
+
+class _FeatureMethod(_Perturbation):
+    """A method that scores features: ``feature_scores(...) -> (n, M)``, painted onto the pixels."""
+
+    def __init__(self, model, patch: int, feature_mask, baseline: float, chunk_size: int | None = None):
+        image_shape = explained(model).image_shape
+        side = min(image_shape[:2]) if image_shape is not None else None
+        self.patch = whole_number("patch", patch, 1, side)
+        self.feature_mask = _feature_mask(feature_mask)
+        super().__init__(model, baseline, chunk_size)
+        # Per-image feature masks travel with their images; M is the shape of the last argument.
+        self._jitted_masks, _ = split_over_devices(self._masked_maps, (False, True, True, True, False, False))
+
+    least_features = 1
+
+    def _check(self, variables, images):
+        n, hw = images.shape[0], tuple(images.shape[1:3])
+        m = self.feature_mask
+        if m is None and self.patch > min(hw):
+            raise ValueError(f"patch: expected at most the image side ({min(hw)}), got {self.patch}")
+        if m is not None and (m.shape[-2:] != hw or (m.ndim == 3 and len(m) != n)):
+            want = f"({n}, {hw[0]}, {hw[1]}) or ({hw[0]}, {hw[1]})"
+            raise ValueError(f"feature_mask: expected shape {want} for these images, got {m.shape}")
+        num = int(self.masks_for(images.shape).max()) + 1
+        if num < self.least_features:
+            raise ValueError(f"feature_mask: expected at least {self.least_features} features, got {num}")
+
+    def masks_for(self, shape) -> np.ndarray:
+        """(N, H, W) int32 feature ids for images of ``shape`` (N, H, W, C)."""
+        m = self.feature_mask if self.feature_mask is not None else patch_features(tuple(shape[1:3]), self.patch)
+        return np.broadcast_to(m, (shape[0], *shape[1:3])) if m.ndim == 2 else m
+
+    def feature_scores(self, variables, images, targets, masks, num_features: int, key):
+        """``(scores (n, M), logits (n, classes))`` for images (n, H, W, C) and masks (n, H, W)."""
+        raise NotImplementedError
+
+    def keep_of(self, coalitions, masks):
+        """(P, M) coalitions -> (n, P, H, W) pixels kept, for masks (n, H, W)."""
+        return jnp.moveaxis(jnp.take(coalitions, masks, axis=1), 0, 1)
+
+    def _masked_maps(self, variables, images, targets, masks, key, features):
+        scores, logits = self.feature_scores(variables, images, targets, masks, features.shape[0], key)
+        n = images.shape[0]
+        maps = jnp.take_along_axis(scores, masks.reshape(n, -1), 1).reshape(masks.shape)
+        return maps, logits
+
+    def _maps(self, variables, images, targets, key):
+        # One feature mask for the whole batch (NoiseTunnel around this method): traced here.
+        masks = self.masks_for(images.shape)
+        if self.feature_mask is not None and self.feature_mask.ndim == 3:
+            raise ValueError("feature_mask: expected one (H, W) mask for a method wrapped by NoiseTunnel, "
+                             f"got one per image {self.feature_mask.shape}")
+        num = int(masks.max()) + 1
+        return self._masked_maps(variables, images, targets, jnp.asarray(masks), key, jnp.zeros(num))
+
+    def attribute(self, params, batch_stats, images, target_classes=None, key=None, progress=None,
+                  return_logits: bool = False):
+        x, variables, t = self._prepare(params, batch_stats, images, target_classes)
+        key = jax.random.PRNGKey(0) if key is None else key
+        masks = np.ascontiguousarray(self.masks_for(x.shape))
+        features = jnp.zeros(int(masks.max()) + 1)
+        maps, logits = in_chunks(lambda xc, tc, mc: self._jitted_masks(variables, xc, tc, mc, key, features),
+                                 (x, t, masks), self._chunk_for(x.shape[1:]), self.num_devices, progress)
+        return (maps, logits) if return_logits else maps
+
+
+FEATURE_OPTIONS = (
+    Option("patch", int, "side of the square features, px (without a feature_mask)", low=1, choices=(2, 4, 7)),
+    Option("feature_mask", None, "integer feature ids, (H, W) or (N, H, W) (None: patch squares)", nullable=True),
+    Option("baseline", float, "the value of a feature switched off, in the model's input range"),
+)
+
+
+@register("feature_ablation", title="Feature Ablation", family="perturbation", cost="medium", signed=True,
+          options=FEATURE_OPTIONS, reference="Captum FeatureAblation",
+          paper="Zeiler & Fergus, ECCV 2014, arXiv:1311.2901 (ablation of feature groups)")
+class FeatureAblation(_FeatureMethod):
+    """Feature Ablation (Zeiler & Fergus, ECCV 2014, arXiv:1311.2901, sec. 4.2, on feature groups), as Captum.
+
+    phi_f = y^c(x) - y^c(x with feature f set to ``baseline``): one forward pass a feature.
+    Captum 0.9.0 ``FeatureAblation`` (attr/_core/feature_ablation.py:714-760 builds
+    ``x * (1 - mask) + baseline * mask``; :1166 ``eval_diff = initial_eval - modified_eval``).
+    """
+
+    def __init__(self, model, patch: int = 4, feature_mask=None, baseline: float = 0.0,
+                 chunk_size: int | None = None):
+        super().__init__(model, patch, feature_mask, baseline, chunk_size)
+
+    def feature_scores(self, variables, images, targets, masks, num_features, key):
+        z = jnp.concatenate([jnp.ones((1, num_features)), 1 - jnp.eye(num_features)])  # the image, then each ablation
+        y, logits = self.perturbed_scores(variables, images, self.keep_of(z, masks), targets)
+        return y[:, :1] - y[:, 1:], logits
+
+
+@register("shapley_sampling", title="Shapley Value Sampling", family="perturbation", cost="slow", signed=True,
+          random=True, options=(Option("samples", int, "random feature orders", low=1, high=100_000,
+                                       choices=(5, 10, 25, 50)),) + FEATURE_OPTIONS,
+          reference="Captum ShapleyValueSampling",
+          paper="Castro et al., Computers & OR 2009, doi:10.1016/j.cor.2008.04.004; Strumbelj & Kononenko, JMLR 2010")
+class ShapleyValueSampling(_FeatureMethod):
+    """Shapley Value Sampling (Castro, Gomez & Tejada, Computers & OR 2009; Strumbelj & Kononenko 2010), as Captum.
+
+    For each of ``samples`` random orders pi of the M features, start from the all-baseline
+    image and switch features to the image's one by one: phi_f = mean over pi of
+    y^c(S_pi,f + f) - y^c(S_pi,f), S_pi,f the features before f in pi. Each order's marginals
+    sum to y^c(x) - y^c(baseline) (efficiency), whatever the count. M x samples forward
+    passes. Captum 0.9.0 ``ShapleyValueSampling.attribute`` (attr/_core/shapley_value.py:
+    345 the baseline's output, 374-458 one order at a time, each eval minus the previous,
+    465 divided by the number of orders; :55-57 the orders, ``torch.randperm``, here
+    ``shapley_permutations`` of the key, the same orders for every image as Captum's).
+    """
+
+    def __init__(self, model, samples: int = 25, patch: int = 4, feature_mask=None, baseline: float = 0.0,
+                 chunk_size: int | None = None):
+        self.samples = whole_number("samples", samples, 1, 100_000)
+        super().__init__(model, patch, feature_mask, baseline, chunk_size)
+
+    def feature_scores(self, variables, images, targets, masks, num_features, key):
+        perms = shapley_permutations(key, self.samples, num_features)  # (S, M)
+        rank = jnp.argsort(perms, axis=1)  # rank[s, f]: where feature f comes in order s
+        steps = jnp.arange(num_features)
+        on = (rank[:, None, :] <= steps[None, :, None]).astype(images.dtype)  # (S, M steps, M features)
+        z = jnp.concatenate([jnp.zeros((1, num_features)), on.reshape(-1, num_features)])  # the baseline first
+        y, logits = self.perturbed_scores(variables, images, self.keep_of(z, masks), targets)
+        out = y[:, 1:].reshape(len(images), self.samples, num_features)  # (n, S, step)
+        base = jnp.broadcast_to(y[:, :1, None], (len(images), self.samples, 1))
+        prev = jnp.concatenate([base, out[:, :, :-1]], axis=2)
+        gain = jnp.take_along_axis(out - prev, jnp.broadcast_to(rank[None], out.shape), 2)  # step -> feature
+        return gain.sum(1) / self.samples, logits
+
+
+def _weighted_centered(z, y, w):
+    """sklearn's ``_preprocess_data`` and ``_rescale_data``: z and y centred on their
+    ``w``-weighted means, rows scaled by sqrt(w)."""
+    wn = w / w.sum()
+    sw = jnp.sqrt(w)[:, None]
+    return (z - wn @ z) * sw, (y - wn @ y) * sw[:, 0]
+
+
+def _stiff_lstsq(z, y, w):
+    """sklearn ``LinearRegression(fit_intercept=True).fit(z, y, sample_weight=w).coef_``, accurate in
+    float32 although two rows weigh 1e6 times the others.
+
+    The rows are centred on the weighted means and scaled by sqrt(w) as sklearn does; then a
+    Householder QR with the rows sorted by decreasing weight solves it (stable for such stiff
+    weighted problems: Powell & Reid 1969; about 1e-6 of the coefficients' max from the float64
+    solution here, where an SVD ``lstsq`` in float32 is 1e-4 off and sklearn's float32 one 1e-3).
+    Where the centred system is rank-deficient (fewer useful coalitions than features) the SVD
+    ``lstsq`` gives the minimum-norm solution, as sklearn's ``scipy.linalg.lstsq(cond=1e-6)``.
+    """
+    order = jnp.argsort(-w)
+    a, b = _weighted_centered(z[order], y[order], w[order])
+    q, r = jnp.linalg.qr(a)
+    d = jnp.abs(jnp.diagonal(r))
+    full_rank = d.min() > 1e-6 * d.max()
+    by_qr = jax.scipy.linalg.solve_triangular(r, q.T @ b)
+    return jnp.where(full_rank, by_qr, jnp.linalg.lstsq(a, b, rcond=1e-6)[0])
+
+
+@register("kernel_shap", title="KernelSHAP", family="perturbation", cost="slow", signed=True, random=True,
+          options=(Option("samples", int, "coalitions (the first two: all features on, all off)", low=2,
+                          high=100_000, choices=(50, 100, 200, 500)),) + FEATURE_OPTIONS,
+          reference="Captum KernelShap",
+          paper="Lundberg & Lee, NeurIPS 2017, arXiv:1705.07874")
+class KernelSHAP(_FeatureMethod):
+    """KernelSHAP (Lundberg & Lee, NeurIPS 2017, arXiv:1705.07874, Theorem 2), as Captum's ``KernelShap``.
+
+    phi = argmin over (phi_0, phi) of sum_s w_s (y^c(h(z_s)) - phi_0 - z_s . phi)^2, an
+    ordinary weighted least-squares fit with an intercept, over ``samples`` coalitions z_s in
+    {0, 1}^M (h: features off set to ``baseline``) sampled with the Shapley kernel
+    pi(M, k) = (M - 1) / (C(M, k) k (M - k)): sizes k with p(k) ~ (M - 1) / (k (M - k)), then
+    a uniform k-subset, so every drawn row weighs w = 1; the all-on and all-off coalitions
+    come first and weigh 1e6, which (nearly) enforces phi_0 = y(baseline) and
+    sum phi = y(x) - y(baseline). Captum 0.9.0 attr/_core/kernel_shap.py:278-292 (the size
+    distribution), 301-323 (the weights, ``inf_weight``), 325-367 (the sampling, here
+    ``kernel_shap_coalitions`` of the key), and ``SkLearnLinearRegression``: sklearn
+    ``LinearRegression.fit`` (weighted centring, rows scaled by sqrt(w), ``scipy.linalg.lstsq``),
+    here the same system solved by ``_stiff_lstsq``. Captum hands sklearn float32 data
+    (lime.py:505-516, ``.float()``), whose SVD solve is ~1e-3 of the map's max away from the
+    float64 solution (the 1e6 weights); we solve to ~1e-6 of it in float32 and are compared
+    with Captum's KernelShap whose surrogate is fitted in float64. The coalitions are the same
+    for every image.
+    """
+
+    least_features = 2
+
+    def __init__(self, model, samples: int = 200, patch: int = 4, feature_mask=None, baseline: float = 0.0,
+                 chunk_size: int | None = None):
+        self.samples = whole_number("samples", samples, 2, 100_000)
+        super().__init__(model, patch, feature_mask, baseline, chunk_size)
+
+    def feature_scores(self, variables, images, targets, masks, num_features, key):
+        z = kernel_shap_coalitions(key, self.samples, num_features)
+        y, logits = self.perturbed_scores(variables, images, self.keep_of(z, masks), targets)  # (n, S)
+        size = z.sum(1)
+        w = jnp.where((size == 0) | (size == num_features), KERNEL_SHAP_INF_WEIGHT, 1.0)
+
+        return jax.vmap(lambda yi: _stiff_lstsq(z, yi, w))(y), logits
+
+
+@register("lime", title="LIME", family="perturbation", cost="slow", signed=True, random=True,
+          options=(Option("samples", int, "random coalitions", low=1, high=100_000, choices=(50, 100, 200, 500)),
+                   Option("kernel_width", float, "width of the exponential kernel on the cosine distance",
+                          low=1e-6),
+                   Option("alpha", float, "ridge regularisation of the linear surrogate", low=0.0)) + FEATURE_OPTIONS,
+          reference="Captum Lime, interpretable_model=SkLearnRidge(alpha=1.0)",
+          paper="Ribeiro et al., KDD 2016, arXiv:1602.04938")
+class LIME(_FeatureMethod):
+    """LIME (Ribeiro, Singh & Guestrin, KDD 2016, arXiv:1602.04938, eq. 1-2), as Captum's ``Lime``.
+
+    ``samples`` coalitions z_s in {0, 1}^M, each feature on with probability 1/2 (Captum's
+    ``default_perturb_func``, lime.py:683-695; here ``lime_coalitions`` of the key), become
+    images h(z_s) (features off set to ``baseline``); each weighs
+    pi_s = exp(-d_s^2 / (2 w^2)), d_s = 1 - cos(x, h(z_s)) on the flattened images and
+    w = ``kernel_width`` (Captum's ``get_exp_kernel_similarity_function("cosine", 1.0)``,
+    lime.py:628-680: note the 2 in the denominator). The surrogate is ridge regression with an
+    intercept: phi = argmin sum_s pi_s (y^c(h(z_s)) - phi_0 - z_s . phi)^2 + alpha |phi|^2,
+    solved exactly (centred on the pi-weighted means, then (Z'^T P Z' + alpha I) phi = Z'^T P y'),
+    which is sklearn's ``Ridge(alpha)`` with ``sample_weight`` — Captum's ``SkLearnRidge``.
+    Captum's default surrogate is ``SkLearnLasso(alpha=0.01)``, an iterative solver that
+    only converges to a tolerance; ridge is the surrogate of the LIME paper's own package
+    (lime_image: ``Ridge(alpha=1)``), has one exact solution even with fewer samples than
+    features, and is what we compare with. The coalitions are the same for every image.
+    """
+
+    def __init__(self, model, samples: int = 200, kernel_width: float = 1.0, alpha: float = 1.0, patch: int = 4,
+                 feature_mask=None, baseline: float = 0.0, chunk_size: int | None = None):
+        self.samples = whole_number("samples", samples, 1, 100_000)
+        self.kernel_width = finite_number("kernel_width", kernel_width, 1e-6)
+        self.alpha = finite_number("alpha", alpha, 0.0)
+        super().__init__(model, patch, feature_mask, baseline, chunk_size)
+
+    def similarity(self, images, keep):
+        """pi (n, S): the exponential kernel of the cosine distance between each image and its copies."""
+        x = images.reshape(len(images), -1)
+        w = jnp.broadcast_to(keep[..., None], (*keep.shape, images.shape[-1])).reshape(*keep.shape[:2], -1)
+        copies = x[:, None] * w + self.baseline * (1 - w)  # (n, S, D)
+        dot = jnp.einsum("nd,nsd->ns", x, copies)
+        norms = jnp.linalg.norm(x, axis=1)[:, None] * jnp.linalg.norm(copies, axis=2)
+        distance = 1 - dot / jnp.maximum(norms, 1e-8)  # torch.nn.CosineSimilarity(eps=1e-8)
+        return jnp.exp(-distance ** 2 / (2 * self.kernel_width ** 2))
+
+    def feature_scores(self, variables, images, targets, masks, num_features, key):
+        z = lime_coalitions(key, self.samples, num_features)
+        keep = self.keep_of(z, masks)
+        y, logits = self.perturbed_scores(variables, images, keep, targets)  # (n, S)
+        pi = self.similarity(images, keep.astype(images.dtype))
+
+        def fit(yi, wi):
+            a, b = _weighted_centered(z, yi, wi)
+            return jnp.linalg.solve(a.T @ a + self.alpha * jnp.eye(num_features), a.T @ b)
+        return jax.vmap(fit)(y, pi), logits
+
+
+# ----------------------------------------------------------------------------- RISE
+
+
+def rise_upsampling(cells: int, size: int) -> np.ndarray:
+    """(size, cells) float64 matrix of the RISE masks' upsampling: skimage ``resize(order=1,
+    mode="reflect", anti_aliasing=False)`` along one axis (scipy ``zoom`` with ``grid_mode``:
+    output pixel i samples the grid at (i + 0.5) cells / size - 0.5, linear between the two
+    nearest cells, mirrored about the edge cells beyond them)."""
+    pos = (np.arange(size) + 0.5) * cells / size - 0.5
+    lo = np.floor(pos).astype(int)
+    frac = pos - lo
+
+    def mirror(i):
+        if cells == 1:
+            return np.zeros_like(i)
+        period = 2 * (cells - 1)
+        i = np.abs(i) % period
+        return np.where(i >= cells, period - i, i)
+
+    r = np.zeros((size, cells))
+    np.add.at(r, (np.arange(size), mirror(lo)), 1 - frac)
+    np.add.at(r, (np.arange(size), mirror(lo + 1)), frac)
+    return r
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def rise_masks(key, samples: int, grid: int, probability: float, hw: tuple[int, int]):
+    """RISE's random masks (Petsiuk et al. 2018, sec. 3.2; github.com/eclique/RISE ``generate_masks``):
+    ``(masks (samples, H, W) float32, cells (samples, grid, grid) in {0, 1}, shifts (samples, 2) int32)``.
+
+    Each grid x grid cell is 1 with ``probability``; the grid is bilinearly upsampled to
+    (grid + 1) * cell px (cell = ceil(H / grid)) and cropped to H x W at a random shift in
+    [0, cell) per axis.
+    """
+    cell = tuple(-(-s // grid) for s in hw)
+    k_cells, k_row, k_col = jax.random.split(key, 3)
+    cells = jax.random.bernoulli(k_cells, probability, (samples, grid, grid)).astype(jnp.float32)
+    shifts = jnp.stack([jax.random.randint(k_row, (samples,), 0, cell[0]),
+                        jax.random.randint(k_col, (samples,), 0, cell[1])], axis=1).astype(jnp.int32)
+    rh = jnp.asarray(rise_upsampling(grid, (grid + 1) * cell[0]), jnp.float32)
+    rw = jnp.asarray(rise_upsampling(grid, (grid + 1) * cell[1]), jnp.float32)
+    up = jnp.einsum("ia,sab,jb->sij", rh, cells, rw)
+    crop = jax.vmap(lambda m, s: jax.lax.dynamic_slice(m, (s[0], s[1]), hw))
+    return crop(up, shifts), cells, shifts
+
+
+@register("rise", title="RISE", family="perturbation", cost="slow", signed=True, random=True,
+          options=(Option("samples", int, "random masks", low=1, high=100_000, choices=(500, 1000, 2000, 4000)),
+                   Option("grid", int, "cells a side of each mask's random grid", low=1, choices=(4, 7, 8)),
+                   Option("probability", float, "probability that a cell keeps the image", low=1e-6, high=1.0),
+                   Option("baseline", float, "the value where a mask hides the image, in the model's input range"),
+                   Option("softmax", bool, "score the class probability (the paper's) instead of the logit")),
+          reference="RISE authors' code (github.com/eclique/RISE, generate_masks / explain)",
+          paper="Petsiuk, Das & Saenko, BMVC 2018, arXiv:1806.07421")
+class RISE(_Perturbation):
+    """RISE (Petsiuk, Das & Saenko, BMVC 2018, arXiv:1806.07421, eq. 6-7): randomized input sampling.
+
+    S = sum_i y^c(x . M_i) M_i / (N p): the target score of the image seen through ``samples``
+    random smooth masks M_i (``rise_masks``: grid cells on with probability p, bilinear
+    upsampling, a random shift), weighted by the masks. The authors' ``explain`` multiplies the
+    image by the mask (a black baseline for [0, 1] images); here x . M + baseline (1 - M), so
+    a standardised model's black is reachable. The score is the target logit (``softmax=True``:
+    its probability, as the authors' Keras model outputs). The masks come from the key, the
+    same for every image.
+    """
+
+    chunk_size = 8
+    cpu_chunk_size = 1
+
+    def __init__(self, model, samples: int = 1000, grid: int = 7, probability: float = 0.5, baseline: float = 0.0,
+                 softmax: bool = False, chunk_size: int | None = None):
+        self.samples = whole_number("samples", samples, 1, 100_000)
+        self.grid = whole_number("grid", grid, 1)
+        p = finite_number("probability", probability)
+        if not 0 < p <= 1:
+            raise ValueError(f"probability: expected a number in (0, 1], got {probability!r}")
+        self.probability = p
+        if not isinstance(softmax, (bool, np.bool_)):
+            raise ValueError(f"softmax: expected True or False, got {softmax!r}")
+        self.softmax = bool(softmax)
+        super().__init__(model, baseline, chunk_size)
+
+    def _check(self, variables, images):
+        if self.grid > min(images.shape[1:3]):
+            raise ValueError(f"grid: expected at most the image side ({min(images.shape[1:3])}), got {self.grid}")
+
+    def _maps(self, variables, images, targets, key):
+        masks, _, _ = rise_masks(key, self.samples, self.grid, self.probability, tuple(images.shape[1:3]))
+        n, s = len(images), self.samples
+        out, logits = self.perturbed_logits(variables, images, jnp.broadcast_to(masks, (n, *masks.shape)))
+        t = _resolve_targets(logits, targets)
+        if self.softmax:
+            out = jax.nn.softmax(out, axis=-1)
+        scores = jnp.take_along_axis(out, t[:, None, None], 2)[..., 0]  # (n, S)
+        return jnp.einsum("ns,shw->nhw", scores, masks) / (s * self.probability), logits
