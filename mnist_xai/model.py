@@ -112,6 +112,21 @@ def _eval_kwargs(fn) -> dict:
     return {k: v for k, v in EVAL_FLAGS.items() if k in names}
 
 
+def _haiku_name(transformed) -> str:
+    """The name of the function ``hk.transform`` was given (it keeps it in apply's closure)."""
+    fn = transformed
+    for _ in range(3):  # hk.transform is without_state(transform_with_state(f))
+        fn = getattr(fn, "apply", fn)
+        try:
+            fn = inspect.getclosurevars(fn).nonlocals.get("f")
+        except (TypeError, ValueError):
+            fn = None
+        if fn is None or not hasattr(fn, "apply"):
+            break
+    name = getattr(fn, "__name__", "<lambda>")
+    return "hk_transform" if name == "<lambda>" else name
+
+
 class _Hooked:
     """Stands in for a submodule in a copy of the model: calls it and hands its output to
     ``hook(name, output)``, which may return a changed output. Everything else (attributes,
@@ -148,7 +163,7 @@ def _equinox_submodules(node, path=()):
     """``(path, submodule)`` of every Equinox module under ``node`` (fields, lists, tuples)."""
     eqx = sys.modules["equinox"]
     if isinstance(node, eqx.Module):
-        if path:
+        if path and callable(node):  # not an eqx.nn.StateIndex, which is looked up, never called
             yield path, node
         for f in dataclasses.fields(node):
             if hasattr(node, f.name):
@@ -180,7 +195,7 @@ class ExplainedModel:
         self.call_kwargs = dict(options.eval_kwargs) if options.eval_kwargs is not None else _eval_kwargs(call)
         if self.family == "haiku":
             self.stateful = isinstance(model, sys.modules["haiku"].TransformedWithState)
-            self.name = getattr(model.apply, "__name__", "haiku_transform")
+            self.name = _haiku_name(model)
         elif self.family == "function":
             self.name = getattr(model, "__name__", "<lambda>")
         else:
