@@ -13,17 +13,18 @@ from __future__ import annotations
 import functools
 import os
 
-import equinox as eqx
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+eqx = pytest.importorskip("equinox")  # requirements-dev.txt / pip install .[models]
+hk = pytest.importorskip("haiku")
 from flax import linen as nn
 from flax import nnx
 
 import mnist_xai_visualizations as X
-from mnist_xai.model import adapt
+from mnist_xai import adapt
 
 HW = 12          # image side: small, the compile time is what counts
 CLASSES = 5
