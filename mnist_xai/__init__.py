@@ -58,17 +58,17 @@ from .methods import (GradCAM, GradCAMPlusPlus, GradientXInput, IntegratedGradie
                       Saliency, ScoreCAM, SmoothGrad, SmoothGradSquared, VarGrad, compute_saliency,
                       occlusion_plan, window_starts)
 from .methods import LIME, RISE, FeatureAblation, KernelSHAP, ShapleyValueSampling
-from .model import ExplainedModel, explained
+from .model import Adapted, ExplainedModel, adapt, explained
 from .ops import upsample
 from .registry import (COSTS, FAMILIES, METHODS, SPECS, MethodSpec, Option, make_explainer, markdown_table, method_names,
                        parse_method_list, register, spec)
 from .runtime import in_chunks, on_cpu, split_over_devices
 
 __all__ = [
-    "CAMExplainer", "COSTS", "ExplainedModel", "Explainer", "FAMILIES", "GradCAM", "GradCAMPlusPlus",
+    "Adapted", "CAMExplainer", "COSTS", "ExplainedModel", "Explainer", "FAMILIES", "GradCAM", "GradCAMPlusPlus",
     "GradientXInput", "IMAGE_HW", "IntegratedGradients", "METHODS", "MethodSpec", "NUM_CLASSES", "NoiseTunnel",
     "Occlusion", "Option", "PIXEL_SLACK", "SPECS", "Saliency", "ScoreCAM", "SmoothGrad", "SmoothGradSquared",
-    "VarGrad", "as_image_batch", "clip_to_percentile", "as_images", "as_targets", "compute_saliency", "explained", "explanation_grid",
+    "VarGrad", "adapt", "as_image_batch", "clip_to_percentile", "as_images", "as_targets", "compute_saliency", "explained", "explanation_grid",
     "finite_number", "in_chunks", "make_explainer", "markdown_table", "method_names", "normalize_maps", "occlusion_plan",
     "on_cpu", "overlay_heatmap", "parse_method_list", "register", "spec", "split_over_devices", "upsample",
     "whole_number",

@@ -244,7 +244,9 @@ def test_bad_targets(targets, match, cnn, digits):
 def test_bad_method_name_and_model():
     with pytest.raises(ValueError, match="method: expected one of gradcam"):
         X.make_explainer("lime", LinearNet())
-    with pytest.raises(ValueError, match="model: expected a flax.linen Module or a function images -> logits, got object"):
+    with pytest.raises(ValueError, match=r"model: expected a flax.linen or flax.nnx Module, an Equinox Module, a Haiku "
+                                         r"transform \(hk.transform / hk.transform_with_state\) or a function "
+                                         r"images -> logits, got object"):
         X.GradCAM(object())
 
 
