@@ -10,8 +10,9 @@ import mnist_xai_metrics as M
 import mnist_xai_visualizations as X
 from mnist_cnn_model import initialize_model, max_pool_2x2
 from reference_models import ResNet32
+from quick_options import quick
 
-CAMS = ["gradcam", "gradcam++", "scorecam"]
+CAMS = X.method_names(family="cam")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_every_method_on_a_32x32_rgb_resnet(resnet):
     before = x.copy()
     for name in X.METHODS:
         opts = {"layer": "block2"} if name in CAMS else {}
-        maps, logits = X.make_explainer(name, model, **opts).attribute(params, stats, x, [0, 1, 2, 4],
+        maps, logits = X.make_explainer(name, model, **opts, **quick(name)).attribute(params, stats, x, [0, 1, 2, 4],
                                                                         return_logits=True)
         assert maps.shape == (4, 32, 32) and np.isfinite(maps).all(), name
         assert logits.shape == (4, 5)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -232,3 +233,20 @@ def test_bad_options(make, match):
 def test_options_checked_against_the_images(make, match):
     with pytest.raises(ValueError, match=match):
         make().attribute(None, None, IMAGES, TARGETS)
+
+
+def test_kernel_shap_with_fewer_coalitions_than_features_gives_the_minimum_norm_fit():
+    """24 coalitions for 49 features: an underdetermined fit, solved as sklearn's lstsq does
+    (minimum norm), not a shape error; the all-on/all-off rows still pin the sum."""
+    w = np.random.default_rng(0).normal(size=(28 * 28,)).astype(np.float32)
+
+    def logits_fn(images):
+        s = images.reshape(len(images), -1) @ w
+        return jnp.stack([s, -s], 1)
+
+    x = np.random.default_rng(1).random((1, 28, 28, 1)).astype(np.float32)
+    maps = X.KernelSHAP(logits_fn, samples=24).attribute(None, None, x, [0])
+    assert np.isfinite(maps).all()
+    per_feature = maps[0, ::4, ::4]  # every pixel of a 4x4 patch carries its feature's value (as Captum)
+    np.testing.assert_allclose(per_feature.sum(), float(logits_fn(x)[0, 0] - logits_fn(np.zeros_like(x))[0, 0]),
+                               rtol=1e-3)

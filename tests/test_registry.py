@@ -163,3 +163,11 @@ def test_docs_method_table_is_the_registry():
     method with its facts as the code declares them."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
     assert X.markdown_table() in text, "docs/methods.md is stale: python -m mnist_xai prints the table"
+
+
+def test_the_contract_tests_quick_options_name_registered_methods_and_options():
+    from quick_options import QUICK
+
+    for name, options in QUICK.items():
+        assert name in X.METHODS, f"quick_options names {name!r}, which is not registered"
+        assert set(options) <= set(X.spec(name).defaults), (name, options)

@@ -12,6 +12,7 @@ from flax import linen as nn
 
 import mnist_xai_visualizations as X
 from mnist_cnn_model import initialize_model
+from quick_options import quick
 
 
 class GapDenseNet(nn.Module):
@@ -144,7 +145,7 @@ ALL_METHODS = list(X.METHODS)
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_batched_equals_one_at_a_time_and_no_mutation(name, cnn, digits):
     params, batch_stats, model = cnn
-    explainer = X.make_explainer(name, model)
+    explainer = X.make_explainer(name, model, **quick(name))
     before = digits.copy()
     targets = np.array([2, 5, 7])
     maps, preds, scores = explainer.explain(params, batch_stats, digits, targets)
@@ -169,7 +170,7 @@ def test_batched_equals_one_at_a_time_and_no_mutation(name, cnn, digits):
 @pytest.mark.parametrize("fill", [0.0, 0.5, 1.0])
 def test_flat_images_give_finite_maps(name, fill, cnn):
     params, batch_stats, model = cnn
-    maps = X.make_explainer(name, model).attribute(params, batch_stats, np.full((28, 28), fill, np.float32))
+    maps = X.make_explainer(name, model, **quick(name)).attribute(params, batch_stats, np.full((28, 28), fill, np.float32))
     assert np.isfinite(maps).all()
     assert np.isfinite(np.asarray(X.normalize_maps(maps))).all()
 
@@ -243,7 +244,7 @@ def test_bad_targets(targets, match, cnn, digits):
 
 def test_bad_method_name_and_model():
     with pytest.raises(ValueError, match="method: expected one of gradcam"):
-        X.make_explainer("lime", LinearNet())
+        X.make_explainer("no_such_method", LinearNet())
     with pytest.raises(ValueError, match=r"model: expected a flax.linen or flax.nnx Module, an Equinox Module, a Haiku "
                                          r"transform \(hk.transform / hk.transform_with_state\) or a function "
                                          r"images -> logits, got object"):
@@ -346,7 +347,8 @@ def test_occlusion_plan_covers_every_changed_row():
 _TWO_DEVICE_SCRIPT = r"""
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], os.path.join(sys.argv[1], "tests")]
+from quick_options import quick
 import jax, numpy as np
 import mnist_xai_visualizations as X
 from mnist_cnn_model import initialize_model
@@ -355,7 +357,7 @@ params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
 x = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
 out = {}
 for name in X.METHODS:
-    e = X.make_explainer(name, model, chunk_size=2)  # 3 images: two chunks, the last padded
+    e = X.make_explainer(name, model, chunk_size=2, **quick(name))  # 3 images: two chunks, the last padded
     out[name] = e.attribute(params, batch_stats, x, [2, 5, 7])
     out[name + "/one"] = e.attribute(params, batch_stats, x[0], [2])  # one image, padded to 2
 import mnist_xai_metrics as M
@@ -376,7 +378,7 @@ def test_two_devices_give_the_same_maps_as_one(cnn, digits, tmp_path):
     params, batch_stats, model = cnn
     logits = np.asarray(model.apply({"params": params, "batch_stats": batch_stats}, digits))
     for name in X.METHODS:
-        one = X.make_explainer(name, model).attribute(params, batch_stats, digits, [2, 5, 7])
+        one = X.make_explainer(name, model, **quick(name)).attribute(params, batch_stats, digits, [2, 5, 7])
         for i, got in enumerate([two[name][0], two[name][1], two[name][2]]):
             scale = max(np.abs(one[i]).max(), np.abs(logits[i]).max() if name == "occlusion" else 0.0)
             np.testing.assert_allclose(got, one[i], rtol=1e-4, atol=1e-6 * scale, err_msg=name)

@@ -478,6 +478,8 @@ def _stiff_lstsq(z, y, w):
     """
     order = jnp.argsort(-w)
     a, b = _weighted_centered(z[order], y[order], w[order])
+    if a.shape[0] < a.shape[1]:  # fewer coalitions than features: rank-deficient by shape
+        return jnp.linalg.lstsq(a, b, rcond=1e-6)[0]
     q, r = jnp.linalg.qr(a)
     d = jnp.abs(jnp.diagonal(r))
     full_rank = d.min() > 1e-6 * d.max()

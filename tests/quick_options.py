@@ -1,0 +1,20 @@
+"""Cheap options for the tests that run every registered method (batching, devices, flat
+images, other models): those tests check the contract every method shares, not a method's
+numbers (each method's own test compares it with its reference at its real settings). Methods
+not named here run at their defaults. ``test_registry`` checks every name here is registered,
+so a renamed method cannot silently fall back to its slow defaults.
+"""
+from __future__ import annotations
+
+QUICK = {
+    "feature_ablation": dict(patch=7),
+    "shapley_sampling": dict(samples=2, patch=7),
+    "kernel_shap": dict(samples=24, patch=7),
+    "lime": dict(samples=24, patch=7),
+    "rise": dict(samples=64),
+}
+
+
+def quick(name: str) -> dict:
+    """The options a contract test builds ``name`` with (``make_explainer(name, model, **quick(name))``)."""
+    return dict(QUICK.get(name, {}))
