@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 import mnist_xai_visualizations as X
 from mnist_cnn_model import MNISTCNN
@@ -57,15 +58,21 @@ _cache: dict = {}
 
 
 def ours(ref, net, method):
-    """(maps (N, 28, 28), raw 7x7 CAMs (N, 7, 7), signed 7x7 (relu=False)), computed once per module."""
+    """(maps (N, 28, 28), raw 7x7 CAMs, signed 7x7 for Eigen-*) for the fixture's digits, from
+    ONE compiled call per net and method (a compile costs more than the maps): ``_maps`` (what
+    ``attribute`` runs per chunk) and ``low_res_cam`` (what ``raw_cam`` runs); ``test_attribute_is_maps``
+    checks the public calls once."""
     if (net, method) not in _cache:
         params, stats = unflatten(ref, f"{net}/params"), unflatten(ref, f"{net}/batch_stats")
-        x = ref["images"] if net == "cnn" else ref["refnet/images"]
+        images = ref["images"] if net == "cnn" else ref["refnet/images"]
         e = explainer(net, method)
-        raw = e.raw_cam(params, stats, x, ref["targets"])
-        signed = explainer(net, method, relu=False).raw_cam(params, stats, x, ref["targets"]) \
-            if method in SIGNED else None
-        _cache[net, method] = np.asarray(e.attribute(params, stats, x, ref["targets"])), raw, signed
+        low = explainer(net, method, relu=False) if method in SIGNED else e  # Eigen-*: the signed projection
+        x, variables, t = e._prepare(params, stats, images, ref["targets"])
+        low._prepare(params, stats, images, ref["targets"])
+        both = jax.jit(lambda v, x, t: (e._maps(v, x, t, None)[0], low.low_res_cam(v, x, t)[0]))
+        maps, cam = map(np.asarray, both(variables, x, t))
+        raw = np.maximum(cam, 0)  # relu(low_res_cam without its ReLU) = low_res_cam
+        _cache[net, method] = maps, raw, (cam if method in SIGNED else None)
     return _cache[net, method]
 
 
@@ -102,3 +109,88 @@ def test_signed_projection_matches_modulo_sign(ref, net, method):
     theirs = ref[f"{net}/pgc_{method}_signed"]
     sign = np.where((signed * theirs).sum(axis=(1, 2)) < 0, -1.0, 1.0)[:, None, None]
     assert_close_per_digit(sign * signed, theirs, f"{net}/{method} signed projection")
+
+
+def test_attribute_is_maps(ref):
+    """The public calls give the maps the tests above judge (refnet, HiResCAM, 4 digits)."""
+    params, stats = unflatten(ref, "refnet/params"), unflatten(ref, "refnet/batch_stats")
+    e = explainer("refnet", "hirescam")
+    x, t = ref["refnet/images"][:4], ref["targets"][:4]
+    maps, raw, _ = ours(ref, "refnet", "hirescam")
+    np.testing.assert_allclose(e.attribute(params, stats, x, t), maps[:4], rtol=0, atol=1e-6 * maps.max())
+    np.testing.assert_allclose(e.raw_cam(params, stats, x, t), raw[:4], rtol=0, atol=1e-6 * raw.max())
+
+
+def test_hirescam_is_gradcam_under_mean_pooling(ref):
+    """RefNet's head averages block3/conv2 over its 7x7 grid, so dy/dA is constant over space, its
+    spatial mean is itself, and HiResCAM = Grad-CAM (Draelos & Carin, sec. 3.2): against Captum's Grad-CAM in reference_maps.npz."""
+    _, raw, _ = ours(ref, "refnet", "hirescam")
+    assert_close_per_digit(raw, ref["refnet/gradcam_7x7"], "refnet: HiResCAM vs Grad-CAM")
+
+
+class Linear(nn.Module):
+    """A = (x, x^2) (two channels); logits = Dense(sum over space of A): dy^c/dA^k = W[k, c]."""
+
+    def setup(self):
+        self.dense = nn.Dense(2)
+
+    def features(self, x):
+        return jnp.concatenate([x, x ** 2], -1)
+
+    def head(self, a):
+        return self.dense(a.sum(axis=(1, 2)))
+
+    def __call__(self, x):
+        return self.head(self.features(x))
+
+
+def test_known_answers_on_a_linear_head():
+    """Closed forms where the gradient is the Dense kernel W: HiResCAM = sum_k W_kc A^k, LayerCAM =
+    sum_k ReLU(W_kc) A^k, XGrad-CAM's w_k = W_kc S_k / (S_k + 1e-7), Ablation-CAM's
+    w_k = W_kc S_k / y_c (S_k = sum_ij A^k_ij), all before the ReLU; Eigen-CAM of the rank-one
+    A = x (1, 1): +-sqrt(2) (x - mean x)."""
+    model = Linear()
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 28, 28, 1))
+    params = model.init(jax.random.PRNGKey(2), x)["params"]
+    w, b = np.asarray(params["dense"]["kernel"], np.float64), np.asarray(params["dense"]["bias"], np.float64)
+    w[0, 1] = -abs(w[0, 1])  # one negative weight, so LayerCAM's ReLU matters
+    params = {"dense": {"kernel": jnp.asarray(w, jnp.float32), "bias": jnp.asarray(b, jnp.float32)}}
+    t = np.array([0, 1, 1])
+    a = np.concatenate([x, x ** 2], -1).astype(np.float64)
+    s = a.sum(axis=(1, 2))  # (3, 2)
+    y = (s @ w + b)[np.arange(3), t]
+    wt = w[:, t].T  # (3, 2): W_k,c for each image's target
+    expected = {
+        "hirescam": np.einsum("nhwk,nk->nhw", a, wt),
+        "layercam": np.einsum("nhwk,nk->nhw", a, np.maximum(wt, 0)),
+        "xgradcam": np.einsum("nhwk,nk->nhw", a, wt * s / (s + 1e-7)),
+        "ablationcam": np.einsum("nhwk,nk->nhw", a, wt * s / y[:, None]),
+    }
+    for name, want in expected.items():
+        got = CLASSES[name](model, relu=False).raw_cam(params, None, x, t)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(), err_msg=name)
+    got = X.EigenCAM(Single(), relu=False).raw_cam({}, None, x, t)
+    want = np.sqrt(2) * (np.asarray(x)[..., 0] - np.asarray(x).mean(axis=(1, 2, 3))[:, None, None])
+    got = got * np.sign((got * want).sum(axis=(1, 2)))[:, None, None]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+class Single(nn.Module):
+    """A = (x, x): rank one over channels; a parameter-free head."""
+
+    def features(self, x):
+        return jnp.concatenate([x, x], -1)
+
+    def head(self, a):
+        return jnp.stack([a.sum(axis=(1, 2, 3)), -a.sum(axis=(1, 2, 3))], -1)
+
+    def __call__(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("method", CLASSES)
+def test_option_errors(method):
+    with pytest.raises(ValueError, match=r"^layer: expected a layer path such as 'block3/conv2' \(or None\), got 3$"):
+        CLASSES[method](MNISTCNN(), layer=3)
+    with pytest.raises(ValueError, match="relu"):
+        X.make_explainer(method, MNISTCNN(), relu="yes")

@@ -105,7 +105,8 @@ class HiResCAM(CAMExplainer):
     L_ij = ReLU(sum_k dy^c/dA^k_ij * A^k_ij)
 
     pytorch-grad-cam 1.5.7 hirescam.py:23-30 (``(grads * activations).sum(axis=1)``). Equals
-    Grad-CAM times h*w where the gradient is constant over space (a global-average-pooled head).
+    Grad-CAM where the gradient is constant over space (a global-average-pooled head: its
+    spatial mean is itself).
     """
 
     def combine(self, feature_map, grads):
