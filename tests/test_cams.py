@@ -14,7 +14,16 @@ reference's (``pgc_<m>_signed``) is applied to ours, then the ReLU'd 7x7 and sca
 compared. Ablation-CAM: both layers end in a ReLU, so pytorch-grad-cam's AblationLayer writes 0, as
 we do (its min - 1e7 for layers with negative values is not followed; see AblationCAM's docstring).
 
-Measured gaps (max over the 32 digits, of each map's max), AVX-512 / AVX2: see MEASURED below.
+Measured worst per-digit gaps (of each reference map's max; 28x28 scaled / 7x7 raw), the same on
+AVX-512 and with XLA_FLAGS=--xla_cpu_max_isa=AVX2, no digit off, no flips allowed:
+
+    cnn:    HiResCAM 2.8e-5 / 3.8e-6, XGrad-CAM 2.8e-5 / 3.7e-6, LayerCAM 5.2e-6 / 3.7e-7,
+            Eigen-CAM 4.3e-6 / 7.8e-7, Eigen-Grad-CAM 7.4e-6 / 1.2e-6, Ablation-CAM 1.9e-5 / 2.2e-5
+    refnet: HiResCAM 4.9e-6 / 2.4e-6, XGrad-CAM 5.0e-6 / 2.6e-6, LayerCAM 4.5e-6 / 1.1e-6,
+            Eigen-CAM 4.4e-6 / 1.2e-6, Eigen-Grad-CAM 6.6e-6 / 5.4e-6, Ablation-CAM 8.0e-6 / 2.3e-5
+
+Our SVD's sign differs from numpy's on 0 digits (cnn, both Eigen-*; refnet Eigen-CAM) and 4 of 32
+(refnet Eigen-Grad-CAM): the sign is arbitrary on both sides, so this is no disagreement.
 """
 from __future__ import annotations
 

@@ -184,8 +184,9 @@ class EigenCAM(CAMExplainer):
           reference="pytorch-grad-cam EigenGradCAM",
           paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299 (Eigen-CAM on gradient x activation)")
 class EigenGradCAM(CAMExplainer):
-    """Eigen-Grad-CAM: Eigen-CAM's first-component projection (``first_component``) of the
-    elementwise product dy^c/dA * A instead of A (pytorch-grad-cam eigen_grad_cam.py:21);
+    """Eigen-Grad-CAM: Eigen-CAM (Muhammad & Yeasin, IJCNN 2020) on dy^c/dA * A instead of A.
+
+    The first-component projection (``first_component``) of the elementwise product (pytorch-grad-cam eigen_grad_cam.py:21);
     class-specific through the gradient. The same sign caveat as ``EigenCAM``.
     """
 
