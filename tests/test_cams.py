@@ -132,7 +132,8 @@ def test_attribute_is_maps(ref):
 
 def test_hirescam_is_gradcam_under_mean_pooling(ref):
     """RefNet's head averages block3/conv2 over its 7x7 grid, so dy/dA is constant over space, its
-    spatial mean is itself, and HiResCAM = Grad-CAM (Draelos & Carin, sec. 3.2): against Captum's Grad-CAM in reference_maps.npz."""
+    spatial mean is itself, and HiResCAM = Grad-CAM (as Draelos & Carin note for such heads): against
+    Captum's Grad-CAM in reference_maps.npz."""
     _, raw, _ = ours(ref, "refnet", "hirescam")
     assert_close_per_digit(raw, ref["refnet/gradcam_7x7"], "refnet: HiResCAM vs Grad-CAM")
 

@@ -182,12 +182,14 @@ class EigenCAM(CAMExplainer):
 
 @register("eigengradcam", title="Eigen-Grad-CAM", family="cam", cost="fast", options=(LAYER, RELU),
           reference="pytorch-grad-cam EigenGradCAM",
-          paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299 (Eigen-CAM on gradient x activation)")
+          paper="Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299 (Eigen-CAM; pytorch-grad-cam's gradient variant)")
 class EigenGradCAM(CAMExplainer):
     """Eigen-Grad-CAM: Eigen-CAM (Muhammad & Yeasin, IJCNN 2020) on dy^c/dA * A instead of A.
 
-    The first-component projection (``first_component``) of the elementwise product (pytorch-grad-cam eigen_grad_cam.py:21);
-    class-specific through the gradient. The same sign caveat as ``EigenCAM``.
+    The first-component projection (``first_component``) of the elementwise product, a
+    pytorch-grad-cam variant rather than the paper's method (eigen_grad_cam.py:4-21, "Like Eigen
+    CAM ... But multiply the activations x gradients"); class-specific through the gradient. The
+    same sign caveat as ``EigenCAM``.
     """
 
     def combine(self, feature_map, grads):
