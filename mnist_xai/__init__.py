@@ -54,23 +54,18 @@ from .base import CAMExplainer, Explainer
 from .checks import (IMAGE_HW, NUM_CLASSES, PIXEL_SLACK, as_image_batch, as_images, as_targets,
                      finite_number, whole_number)
 from .display import clip_to_percentile, explanation_grid, normalize_maps, overlay_heatmap
-from .methods import (GradCAM, GradCAMPlusPlus, GradientXInput, IntegratedGradients, NoiseTunnel, Occlusion,
-                      Saliency, ScoreCAM, SmoothGrad, SmoothGradSquared, VarGrad, compute_saliency,
-                      occlusion_plan, window_starts)
-from .methods import LIME, RISE, FeatureAblation, KernelSHAP, ShapleyValueSampling
+from .methods import *  # noqa: F401,F403  (every method class, by family; methods.__all__)
+from .methods import __all__ as _methods
 from .model import Adapted, ExplainedModel, adapt, explained
 from .ops import upsample
 from .registry import (COSTS, FAMILIES, METHODS, SPECS, MethodSpec, Option, make_explainer, markdown_table, method_names,
                        parse_method_list, register, spec)
 from .runtime import in_chunks, on_cpu, split_over_devices
 
-__all__ = [
-    "Adapted", "CAMExplainer", "COSTS", "ExplainedModel", "Explainer", "FAMILIES", "GradCAM", "GradCAMPlusPlus",
-    "GradientXInput", "IMAGE_HW", "IntegratedGradients", "METHODS", "MethodSpec", "NUM_CLASSES", "NoiseTunnel",
-    "Occlusion", "Option", "PIXEL_SLACK", "SPECS", "Saliency", "ScoreCAM", "SmoothGrad", "SmoothGradSquared",
-    "VarGrad", "adapt", "as_image_batch", "clip_to_percentile", "as_images", "as_targets", "compute_saliency", "explained", "explanation_grid",
-    "finite_number", "in_chunks", "make_explainer", "markdown_table", "method_names", "normalize_maps", "occlusion_plan",
-    "on_cpu", "overlay_heatmap", "parse_method_list", "register", "spec", "split_over_devices", "upsample",
-    "whole_number",
-    "FeatureAblation", "KernelSHAP", "LIME", "RISE", "ShapleyValueSampling",
-]
+__all__ = sorted({
+    *_methods, "Adapted", "CAMExplainer", "COSTS", "ExplainedModel", "Explainer", "FAMILIES", "IMAGE_HW", "METHODS",
+    "MethodSpec", "NUM_CLASSES", "Option", "PIXEL_SLACK", "SPECS", "adapt", "as_image_batch", "as_images", "as_targets",
+    "clip_to_percentile", "explained", "explanation_grid", "finite_number", "in_chunks", "make_explainer",
+    "markdown_table", "method_names", "normalize_maps", "on_cpu", "overlay_heatmap", "parse_method_list", "register",
+    "spec", "split_over_devices", "upsample", "whole_number",
+})

@@ -1,6 +1,11 @@
-"""The methods, by family. Importing this package registers every method."""
-from .cam import GradCAM, GradCAMPlusPlus, ScoreCAM
-from .gradient import GradientXInput, NoiseTunnel, Saliency, SmoothGrad, SmoothGradSquared, VarGrad, compute_saliency
-from .path import IntegratedGradients
-from .perturbation import Occlusion, occlusion_plan, window_starts
-from .perturbation import LIME, RISE, FeatureAblation, KernelSHAP, ShapleyValueSampling
+"""The methods, by family. Importing this package registers every method.
+
+Each family module lists its public names in ``__all__``; a new module adds one line here.
+"""
+from . import cam, gradient, path, perturbation
+from .cam import *  # noqa: F401,F403
+from .gradient import *  # noqa: F401,F403
+from .path import *  # noqa: F401,F403
+from .perturbation import *  # noqa: F401,F403
+
+__all__ = [*cam.__all__, *gradient.__all__, *path.__all__, *perturbation.__all__]

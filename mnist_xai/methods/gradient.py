@@ -189,3 +189,6 @@ def compute_saliency(model, params, batch_stats, image, target_class: int | None
     if len(maps) != 1:
         raise ValueError(f"compute_saliency: expected one image, got a batch of {len(maps)}")
     return np.asarray(normalize_maps(maps[0])), int(preds[0]), float(scores[0])
+
+
+__all__ = ["GradientXInput", "NoiseTunnel", "Saliency", "SmoothGrad", "SmoothGradSquared", "VarGrad", "compute_saliency"]

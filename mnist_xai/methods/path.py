@@ -77,3 +77,6 @@ class IntegratedGradients(Explainer):
         base_logits = np.asarray(forward(variables, base))[0]
         delta = logits[np.arange(len(x)), t] - base_logits[t]
         return maps.sum(axis=(1, 2)) - delta, delta
+
+
+__all__ = ["IntegratedGradients"]

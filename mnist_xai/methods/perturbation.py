@@ -677,3 +677,6 @@ class RISE(_Perturbation):
             out = jax.nn.softmax(out, axis=-1)
         scores = jnp.take_along_axis(out, t[:, None, None], 2)[..., 0]  # (n, S)
         return jnp.einsum("ns,shw->nhw", scores, masks) / (s * self.probability), logits
+
+
+__all__ = ["FeatureAblation", "KernelSHAP", "LIME", "Occlusion", "RISE", "ShapleyValueSampling", "occlusion_plan", "window_starts"]
