@@ -57,6 +57,7 @@ from .display import explanation_grid, normalize_maps, overlay_heatmap
 from .methods import (GradCAM, GradCAMPlusPlus, GradientXInput, IntegratedGradients, NoiseTunnel, Occlusion,
                       Saliency, ScoreCAM, SmoothGrad, SmoothGradSquared, VarGrad, compute_saliency,
                       occlusion_plan, window_starts)
+from .methods import BlurIG, ExpectedGradients, GradientSHAP, GuidedIG, XRAI
 from .model import ExplainedModel, explained
 from .ops import upsample
 from .registry import (COSTS, FAMILIES, METHODS, SPECS, MethodSpec, Option, make_explainer, markdown_table, method_names,
@@ -71,4 +72,5 @@ __all__ = [
     "finite_number", "in_chunks", "make_explainer", "markdown_table", "method_names", "normalize_maps", "occlusion_plan",
     "on_cpu", "overlay_heatmap", "parse_method_list", "register", "spec", "split_over_devices", "upsample",
     "whole_number",
+    "BlurIG", "ExpectedGradients", "GradientSHAP", "GuidedIG", "XRAI",
 ]
