@@ -22,6 +22,7 @@ fixture's rounding is 7.6e-6):
   6e-3; the fixture uses max_sigma 10: at PAIR's 50 a 28-pixel digit blurs to flat).
 * xrai cnn: digit 4 off by 4.0e-3 of its map (its ranks equal PAIR's): one IG path point of
   40 whose gradient flips with the batch (ours 40 rows, PAIR 20), moving region means.
+  (The test checks XRAI's first 2 digits, for time; the fixture holds 8.)
 """
 from __future__ import annotations
 
