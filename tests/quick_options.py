@@ -12,6 +12,11 @@ QUICK = {
     "kernel_shap": dict(samples=24, patch=7),
     "lime": dict(samples=24, patch=7),
     "rise": dict(samples=64),
+    "gradient_shap": dict(samples=4),
+    "expected_gradients": dict(samples=4),
+    "blur_ig": dict(steps=8),
+    "guided_ig": dict(steps=8),
+    "xrai": dict(steps=8),
 }
 
 
