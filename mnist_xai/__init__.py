@@ -54,8 +54,8 @@ from .base import CAMExplainer, Explainer
 from .checks import (IMAGE_HW, NUM_CLASSES, PIXEL_SLACK, as_image_batch, as_images, as_targets,
                      finite_number, whole_number)
 from .display import explanation_grid, normalize_maps, overlay_heatmap
-from .methods import (GradCAM, GradCAMPlusPlus, GradientXInput, IntegratedGradients, NoiseTunnel, Occlusion,
-                      Saliency, ScoreCAM, SmoothGrad, SmoothGradSquared, VarGrad, compute_saliency,
+from .methods import (Deconvolution, DeepLift, DeepLiftShap, GradCAM, GradCAMPlusPlus, GradientXInput, IntegratedGradients, NoiseTunnel, Occlusion,
+                      GuidedBackprop, GuidedGradCAM, Saliency, ScoreCAM, SmoothGrad, SmoothGradSquared, VarGrad, compute_saliency,
                       occlusion_plan, window_starts)
 from .model import ExplainedModel, explained
 from .ops import upsample
@@ -64,7 +64,7 @@ from .registry import (COSTS, FAMILIES, METHODS, SPECS, MethodSpec, Option, make
 from .runtime import in_chunks, on_cpu, split_over_devices
 
 __all__ = [
-    "CAMExplainer", "COSTS", "ExplainedModel", "Explainer", "FAMILIES", "GradCAM", "GradCAMPlusPlus",
+    "CAMExplainer", "COSTS", "Deconvolution", "DeepLift", "DeepLiftShap", "GuidedBackprop", "GuidedGradCAM", "ExplainedModel", "Explainer", "FAMILIES", "GradCAM", "GradCAMPlusPlus",
     "GradientXInput", "IMAGE_HW", "IntegratedGradients", "METHODS", "MethodSpec", "NUM_CLASSES", "NoiseTunnel",
     "Occlusion", "Option", "PIXEL_SLACK", "SPECS", "Saliency", "ScoreCAM", "SmoothGrad", "SmoothGradSquared",
     "VarGrad", "as_image_batch", "as_images", "as_targets", "compute_saliency", "explained", "explanation_grid",
