@@ -153,7 +153,7 @@ def test_rule_interpreter_is_the_gradient_through_nested_jaxprs_and_skip_connect
     """With no rule replaced the interpreter is the gradient: ResNet32's skip connections,
     unfolded BatchNorm and stride-2 convs, through pjit/custom_jvp (jax.nn.relu)."""
     m = ResNet32()
-    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3))
     v = m.init(jax.random.PRNGKey(1), x)
     onehot = jax.nn.one_hot(jnp.array([1, 3]), 5)
 
@@ -166,11 +166,11 @@ def test_rule_interpreter_is_the_gradient_through_nested_jaxprs_and_skip_connect
 
 def test_deeplift_on_a_residual_net_sums_to_delta():
     m = ResNet32()
-    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3))
     v = m.init(jax.random.PRNGKey(1), x)
     maps, logits = X.DeepLift(m, baseline=0.0).attribute(v["params"], v["batch_stats"], x, [1, 3],
                                                           return_logits=True)
-    base = np.asarray(m.apply(v, jnp.zeros((1, 32, 32, 3))))[0]
+    base = np.asarray(m.apply(v, jnp.zeros((1, 16, 16, 3))))[0]
     delta = logits[[0, 1], [1, 3]] - base[[1, 3]]
     np.testing.assert_allclose(maps.sum(axis=(1, 2)), delta, atol=1e-4 * np.abs(delta).max())
 
