@@ -24,3 +24,12 @@ QUICK = {
 def quick(name: str) -> dict:
     """The options a contract test builds ``name`` with (``make_explainer(name, model, **quick(name))``)."""
     return dict(QUICK.get(name, {}))
+
+
+# The two-device test compiles each method twice in a subprocess. Splitting a chunk over the
+# devices is one piece of code (``Explainer.__init__``: ``split_over_devices`` around
+# ``_maps``), so it runs the first ten methods, one more of each family, and the methods whose
+# ``attribute`` or chunking is their own (Ablation-CAM's channel chunks, XRAI's host-side regions).
+TWO_DEVICE_METHODS = ("gradcam", "gradcam++", "scorecam", "saliency", "gradient_x_input", "smoothgrad",
+                      "smoothgrad_sq", "vargrad", "integrated_gradients", "occlusion",
+                      "hirescam", "ablationcam", "gradient_shap", "xrai", "kernel_shap", "deeplift")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 
+import matplotlib.text
 import numpy as np
 import pytest
 
@@ -177,7 +178,7 @@ def drawn(monkeypatch):
     save = Figure.savefig
 
     def record(fig, *args, **kwargs):
-        texts = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+        texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
         figures.append({"texts": texts, "images": [np.array(ax.images[0].get_array()) for ax in fig.axes if ax.images]})
         return save(fig, *args, **kwargs)
 

@@ -293,7 +293,7 @@ def test_most_confused_pairs_keep_ties_in_a_fixed_order():
 @pytest.mark.parametrize("script, args, message", [
     ("train_mnist.py", ["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
     ("train_mnist.py", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-    ("evaluate_xai.py", ["--methods", "lime"], "--methods: expected names from"),
+    ("evaluate_xai.py", ["--methods", "nosuch"], "--methods: expected names from"),
     ("demo_mnist_xai.py", ["--num-images", "0"], "--num-images: expected a positive integer, got 0"),
     ("simple_mnist_xai_demo.py", ["--out", "figure.jpg"], "--out: expected a .png path, got figure.jpg"),
 ])

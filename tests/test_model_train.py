@@ -482,9 +482,9 @@ def test_training_flags_are_the_config_fields():
     assert T.config_from_args(parser.parse_args([])) == T.TrainConfig()
 
 
-def test_evaluate_takes_checkpoints_when_trained_else_the_shipped_one(trained, tmp_path):
-    """--evaluate without --checkpoint: checkpoints/ (in the current folder) when it holds a step,
-    else pretrained/; the line before the accuracy says which."""
+def test_evaluate_takes_the_shipped_checkpoint_unless_told(trained, tmp_path):
+    """--evaluate without --checkpoint: pretrained/, even with a training run in checkpoints/
+    (the one rule); --checkpoint checkpoints takes the run. The line before the accuracy says which."""
     import shutil
     from mnist_data import write_idx
     data = tmp_path / "data"
@@ -493,17 +493,17 @@ def test_evaluate_takes_checkpoints_when_trained_else_the_shipped_one(trained, t
     write_idx(data / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
     write_idx(data / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 8).astype(np.uint8))
 
-    def evaluate():
-        proc = subprocess.run([sys.executable, str(ROOT / "train_mnist.py"), "--evaluate", "--data-dir", str(data)],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    def evaluate(*args):
+        proc = subprocess.run([sys.executable, str(ROOT / "train_mnist.py"), "--evaluate", "--data-dir", str(data),
+                               *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip().splitlines()[-2:]
 
-    line, last = evaluate()
-    assert line == f"checkpoint: {ckpt.resolve_checkpoint_dir(ckpt.PRETRAINED_DIR)}" and last.startswith("test_accuracy:")
     workdir, _ = trained
     shutil.copytree(workdir, tmp_path / "checkpoints")
     line, last = evaluate()
+    assert line == f"checkpoint: {ckpt.resolve_checkpoint_dir(ckpt.PRETRAINED_DIR)}" and last.startswith("test_accuracy:")
+    line, last = evaluate("--checkpoint", "checkpoints")
     assert line == f"checkpoint: checkpoints/ckpt/{ckpt.resolve_checkpoint_dir(workdir).name}"
 
 

@@ -166,8 +166,9 @@ def test_docs_method_table_is_the_registry():
 
 
 def test_the_contract_tests_quick_options_name_registered_methods_and_options():
-    from quick_options import QUICK
+    from quick_options import QUICK, TWO_DEVICE_METHODS
 
+    assert set(TWO_DEVICE_METHODS) <= set(X.METHODS)
     for name, options in QUICK.items():
         assert name in X.METHODS, f"quick_options names {name!r}, which is not registered"
         assert set(options) <= set(X.spec(name).defaults), (name, options)
