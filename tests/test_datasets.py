@@ -202,7 +202,7 @@ def test_class_names_reach_the_quick_demo_figure(tmp_path, drawn, monkeypatch, s
     rows = Q.run_quick_demo(tmp_path / "q.png", str(tmp_path / "fashion"))
     texts = drawn[-1]["texts"]
     predicted = {r["prediction_name"] for r in rows}
-    assert all(any(t.startswith(f"pred {name} (") for t in texts) for name in predicted)
+    assert all(any(f", pred {name}\n" in t for t in texts) for name in predicted)
     assert any("Fashion-MNIST test image per class" in t for t in texts)
     assert [r["label_name"] for r in rows] == list(FASHION)
     assert rows[0]["probabilities"].startswith("plain softmax")
@@ -231,8 +231,8 @@ def test_temperature_changes_the_shown_probabilities_exactly_and_not_the_maps(sh
     assert rows_t[0]["probabilities"].startswith("calibrated") and "T = 2.5" in rows_t[0]["probabilities"]
     assert rows_1[0]["probabilities"].startswith("plain softmax")
     hot, cold = drawn[-2], drawn[-1]
-    assert len(hot["images"]) == len(cold["images"]) == 30
-    for a, b in zip(hot["images"], cold["images"]):  # digits, GradCAM overlays, saliency: unchanged
+    assert len(hot["images"]) == len(cold["images"]) == 40
+    for a, b in zip(hot["images"], cold["images"]):  # digits, GradCAM overlays, saliency, SmoothGrad: unchanged
         np.testing.assert_array_equal(a, b)
     assert hot["texts"] != cold["texts"]  # the titles' confidences differ
 
@@ -317,7 +317,7 @@ def test_full_demo_figures_name_a_fashion_checkpoints_classes(shipped, tmp_path,
     from mnist_data import load_sample_digits
     monkeypatch.setattr(X, "IntegratedGradients", X.Saliency)
     monkeypatch.setattr(X, "SmoothGrad", X.Saliency)
-    monkeypatch.setattr(mnist_xai_metrics, "deletion_insertion", lambda *a, **k: {"deletion_auc": np.zeros(1)})
+    monkeypatch.setattr(mnist_xai_metrics, "deletion_insertion", lambda *a, **k: {"deletion_auc": np.zeros(len(a[3]))})
     params, batch_stats, _, meta = shipped
     save_checkpoint(tmp_path / "fashion", params, batch_stats,
                     {**meta, "dataset": "fashion_mnist", "class_names": list(FASHION)})
@@ -327,7 +327,7 @@ def test_full_demo_figures_name_a_fashion_checkpoints_classes(shipped, tmp_path,
     texts = {name: fig["texts"] for name, fig in zip(D.FIGURES, drawn)}
     assert "image" in texts["gallery.png"] and "digit" not in texts["gallery.png"]
     assert any(t.startswith("Ankle boot: ") for t in texts["gallery.png"])  # the row titles
-    assert any(t.startswith("Ankle boot (n=") for t in texts["class_average_maps.png"])
+    assert any(t.startswith("predicted Ankle boot (n=") for t in texts["class_average_maps.png"])
     assert "Sandal" in texts["confusion_matrix.png"]  # the tick labels
     assert summary["class_names"] == list(FASHION) and summary["guessed_pairs"] == []
     assert (tmp_path / "out" / "report.md").read_text().startswith("# Fashion-MNIST CNN explanations")
