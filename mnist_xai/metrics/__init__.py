@@ -1,0 +1,6 @@
+"""Metrics of explanations on one contract (``base``): Quantus's six families, for any model.
+
+Each family module registers its metrics on import; ``METRICS`` then holds them all.
+"""
+from .base import (FAMILIES, METRICS, MetricInput, MetricResult, MetricSpec, bootstrap_ci, evaluate,  # noqa: F401
+                   metric_names, register_metric)
