@@ -340,3 +340,18 @@ def test_every_metric_runs_on_the_shipped_model_and_a_32x32_rgb_model(model_name
         r = evaluate(name, inp, **SMALL.get(name, {}))
         assert r.values.shape == (3,), name
         assert np.isfinite(r.values).any(), name
+
+
+def test_the_shared_forward_pads_a_short_last_chunk_and_drops_the_padding():
+    """base.MetricInput.logits (an addition for this family): a last chunk of k rows runs padded to the
+    next power of two, so only log2(chunk) + 1 shapes ever compile; the padding never shows."""
+    x = (np.random.default_rng(5).random((11, 4, 4, 1))).astype(np.float32)
+    seen = []
+
+    def spy(images):
+        seen.append(images.shape[0])  # runs once per traced shape
+        return linear(images)
+    inp = MetricInput(x, 0, explainer=Explainer(spy), chunk=8)
+    np.testing.assert_allclose(inp.logits(x), np.asarray(linear(x)), rtol=1e-6)  # 8 + 3 -> 8 + 4
+    np.testing.assert_allclose(inp.logits(x[:5]), np.asarray(linear(x[:5])), rtol=1e-6)  # 5 -> 8: compiled already
+    assert sorted(set(seen)) == [4, 8]

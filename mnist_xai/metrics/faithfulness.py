@@ -370,6 +370,12 @@ def _noisy_imputation(images, removed, eps, iterations):
     return filled, residual.reshape(b, c).max(1)
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
+def _road_noise(keys, shape):
+    """Standard-normal noise ``shape`` per image key (n, *shape): the same for an image whatever its block."""
+    return jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
+
+
 def road_curves(inp: MetricInput, fractions=ROAD_FRACTIONS, noise: float = ROAD_NOISE, key=None,
                 iterations: int = ROAD_ITERATIONS, temperature: float = 1.0, progress=None) -> dict:
     """ROAD's MoRF and LeRF curves (N, P) of the target's softmax(logits / T) probability.
@@ -393,14 +399,13 @@ def road_curves(inp: MetricInput, fractions=ROAD_FRACTIONS, noise: float = ROAD_
     most = pixel_ranks(inp.maps, True).reshape(n, h, w)
     least = pixel_ranks(inp.maps, False).reshape(n, h, w)
     residual = np.zeros(n)
-    draw = jax.jit(jax.vmap(lambda k: jax.random.normal(k, (2 * p, h, w, c))))
 
     def build(i0, i1, s0, s1):
         k = np.r_[counts, counts][s0:s1][None, :, None, None]
         mor = (np.arange(s0, s1) < p)[None, :, None, None]
         removed = np.where(mor, most[i0:i1, None] < k, least[i0:i1, None] < k)  # (m, s, H, W)
         x = np.broadcast_to(inp.images[i0:i1, None], (i1 - i0, s1 - s0, h, w, c))
-        eps = noise * np.asarray(draw(keys[i0:i1]))[:, s0:s1]
+        eps = noise * np.asarray(_road_noise(keys[i0:i1], (2 * p, h, w, c)))[:, s0:s1]
         filled, res = _noisy_imputation(jnp.asarray(x.reshape(-1, h, w, c)), jnp.asarray(removed.reshape(-1, h, w)),
                                         jnp.asarray(eps.reshape(-1, h, w, c)), iterations)
         residual[i0:i1] = np.maximum(residual[i0:i1], np.asarray(res).reshape(i1 - i0, -1).max(1))
