@@ -279,9 +279,9 @@ def test_road_on_the_contract_equals_the_wrapper_and_reports_its_curves():
     rng = np.random.default_rng(4)
     images = rng.random((2, 28, 28, 1)).astype(np.float32)
     maps = rng.random((2, 28, 28)).astype(np.float32)
-    params, stats = unflatten(dict(np.load(FIXTURES / "reference_maps.npz")), "cnn/params"), None
     with np.load(FIXTURES / "reference_maps.npz") as d:
-        stats = unflatten({k: d[k] for k in d.files if k.startswith("cnn/batch_stats")}, "cnn/batch_stats")
+        ref = {k: d[k] for k in d.files if k.startswith("cnn/")}
+    params, stats = unflatten(ref, "cnn/params"), unflatten(ref, "cnn/batch_stats")
     old = M.road(MNISTCNN(), params, stats, images, maps, [3, 5], fractions=[0.2, 0.6], key=jax.random.PRNGKey(7))
     inp = MetricInput(images, [3, 5], maps, Explainer(MNISTCNN()), params, stats, key=jax.random.PRNGKey(7))
     r = evaluate("road", inp, fractions=[0.2, 0.6])
