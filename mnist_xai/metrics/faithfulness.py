@@ -27,7 +27,9 @@ Metrics (``name``: reference, paper; the value per image):
 Conventions shared by all (Quantus 0.6.0 file:line are under quantus/):
 
 - Scores are the target class's softmax probability (``kind="probs"``, Quantus's ``softmax=True``)
-  or its logit (``kind="logits"``). Infidelity defaults to logits as Quantus's (infidelity.py:191).
+  or its logit (``kind="logits"``), each metric defaulting to Quantus's ``__call__`` default: logits
+  for faithfulness correlation, faithfulness estimate (faithfulness_correlation.py:178,
+  faithfulness_estimate.py:159) and infidelity (infidelity.py:191), probabilities for the rest.
 - A "feature" is a pixel, all channels together. Quantus broadcasts an (N, 1, H, W) map to the
   image's channels and flips channel values one by one (pixel_flipping.py:306-312); on one-channel
   images the two agree, on RGB ours removes whole pixels (what a map of pixels ranks).
@@ -509,12 +511,13 @@ def random_subsets(key, runs: int, n: int, n_features: int, subset_size: int) ->
                  paper="Bhatt et al., IJCAI 2020",
                  summary="Pearson correlation of the attribution of random pixel subsets with the score drop on removing them")
 def faithfulness_correlation(inp: MetricInput, nr_runs: int = 100, subset_size: int = 224, baseline="black",
-                             abs: bool = False, kind: str = "probs"):
+                             abs: bool = False, kind: str = "logits"):
     """Quantus's FaithfulnessCorrelation (faithfulness_correlation.py:300-373): ``nr_runs`` random
     subsets of ``subset_size`` pixels (``random_subsets`` from the input's key; Quantus draws with
     ``np.random.choice``) are each set to ``baseline`` in the unperturbed image; the value is the
     Pearson correlation over the runs of the subset's attribution sum with f(x) - f(x_perturbed).
-    NaN where either is constant. Details: ``att_sums``, ``deltas`` (N, runs)."""
+    NaN where either is constant. Scores are logits by default, as Quantus's (``softmax=False``,
+    faithfulness_correlation.py:178). Details: ``att_sums``, ``deltas`` (N, runs)."""
     a = _maps(inp, abs)
     n, h, w = a.shape
     runs = whole_number("nr_runs", nr_runs, 2)
@@ -538,10 +541,11 @@ def faithfulness_correlation(inp: MetricInput, nr_runs: int = 100, subset_size: 
                  paper="Alvarez-Melis & Jaakkola, NeurIPS 2018",
                  summary="Pearson correlation of each pixel group's attribution with the score drop on removing it alone")
 def faithfulness_estimate(inp: MetricInput, features_in_step: int = 1, baseline="black", abs: bool = False,
-                          kind: str = "probs"):
+                          kind: str = "logits"):
     """Quantus's FaithfulnessEstimate (faithfulness_estimate.py:287-359): the pixels, most relevant
     first, in groups of ``features_in_step``; each group ALONE is set to ``baseline``; the value is
     the Pearson correlation over the groups of their attribution sum with f(x) - f(x_perturbed).
+    Scores are logits by default, as Quantus's (``softmax=False``, faithfulness_estimate.py:159).
     Details: ``att_sums``, ``deltas``."""
     a = _maps(inp, abs)
     n, h, w = a.shape
@@ -563,7 +567,13 @@ def monotonicity(inp: MetricInput, features_in_step: int = 1, baseline="black", 
     """Quantus's Monotonicity (monotonicity.py:280-364): starting from an all-``baseline`` image,
     the pixels are put back in ascending order of the map (|map| by default, ``abs=True`` as
     Quantus), ``features_in_step`` at a time; 1.0 if the target score never decreases over the
-    steps, else 0.0. Details: ``curve``."""
+    steps, else 0.0. Details: ``curve``.
+
+    Departure: Quantus 0.6.0 never puts a pixel back. Its loop calls the baseline-replacement
+    ``perturb_func`` on the all-baseline image (monotonicity.py:339-349), which writes the
+    baseline over the baseline, so every step scores the blank image and the value is always 1
+    (tests/test_metrics_faithfulness.py shows it on the fixture). Ours inserts the image's pixels,
+    as Arya et al. (and Luss et al.'s monotonicity) define it."""
     a = _maps(inp, abs)
     n, h, w = a.shape
     lo, hi = _step_bounds(h * w, features_in_step)
