@@ -28,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_xai_visualizations import (as_image_batch, as_targets, explained, finite_number, in_chunks, on_cpu,
-                                      split_over_devices, whole_number)
+from mnist_xai.base import Explainer
+from mnist_xai.metrics import MetricInput
+from mnist_xai.metrics import faithfulness as F
+from mnist_xai_visualizations import as_image_batch, as_targets, explained, finite_number, whole_number
 
 INK_THRESHOLD = 0.5
 
@@ -74,58 +76,40 @@ def positive_temperature(value) -> float:
     return t
 
 
-def _auc(curve: jax.Array) -> jax.Array:
+def _auc(curve) -> np.ndarray:
     """Trapezoidal area under curves (..., S+1) sampled at x = 0, 1/S, ..., 1."""
-    s = curve.shape[-1] - 1
-    return (curve[..., 1:] + curve[..., :-1]).sum(-1) / (2 * s)
-
-
-def _interior_curves(target, steps: int, baseline: float, temperature: float = 1.0):
-    """For a chunk: deletion and insertion probabilities at the interior steps 1..steps-1."""
-
-    def curves(variables, images, maps, targets):
-        n, h, w, c = images.shape
-        counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int32)[1:-1]  # pixels changed per step
-        # rank[i, p] = position of pixel p in descending attribution order (0 = most important)
-        order = jnp.argsort(-maps.reshape(n, -1), axis=1, stable=True)
-        rank = jnp.argsort(order, axis=1).reshape(n, h, w, 1)
-        top = rank[None] < jnp.asarray(counts)[:, None, None, None, None]  # (S-1, n, H, W, 1)
-        deleted = jnp.where(top, baseline, images[None])
-        inserted = jnp.where(top, images[None], baseline)
-        batch = jnp.concatenate([deleted, inserted]).reshape(-1, h, w, c)
-        probs = jax.nn.softmax(target.logits(variables, batch) / temperature).reshape(2, steps - 1, n, -1)
-        p = jnp.take_along_axis(probs, targets[None, None, :, None], 3)[..., 0]  # (2, S-1, n)
-        return p[0].T, p[1].T
-
-    return curves
+    c = np.asarray(curve)
+    return F.rise_auc(c.reshape(-1, c.shape[-1])).reshape(c.shape[:-1])
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_probs(target, temperature: float = 1.0):
-    """The softmax of the model's logits / T, compiled once per model and T (the curves' two ends)."""
-    return jax.jit(lambda v, x: jax.nn.softmax(target.logits(v, x) / temperature))
+def _cached_explainer(model):
+    return Explainer(model)
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_curves(target, steps: int, baseline: float, temperature: float):
-    return split_over_devices(_interior_curves(target, steps, baseline, temperature), (False, True, True, True))
+def _explainer_for(model):
+    """One ``Explainer`` per model (its compiled forward is cached on it); unhashable models get a fresh one."""
+    try:
+        return _cached_explainer(model)
+    except TypeError:
+        return Explainer(model)
 
 
 def deletion_insertion(model, params, batch_stats, images, maps, targets, steps: int = 16, chunk: int | None = None,
                        probs=None, progress=None, baseline: float = 0.0, temperature: float = 1.0):
     """Curves (N, steps + 1) and AUCs (N,) for deletion and insertion, as a dict of numpy arrays.
 
+    A wrapper of the registered metrics ``deletion``/``insertion``
+    (``mnist_xai.metrics.faithfulness.deletion_insertion_curves``), kept for its callers.
     ``model, params, batch_stats, images`` as for the explainers (any flax module or logits
     function; ``mnist_xai_visualizations`` documents the contract); ``maps`` (N, H, W) rank the
     pixels (ties are broken by pixel order); ``targets`` (N,) the class whose probability is
     tracked. Removed pixels become ``baseline`` (0: black for MNISTCNN; give the model's own
     black for a model with standardised inputs), inserted ones go into a ``baseline`` image.
-    The ends of the curves do not depend on the map (the image itself, and the baseline
-    image), so they take two forward passes in all; ``probs`` (N, classes), the softmax of
-    the unperturbed images, saves one of them when several maps of the same images are scored.
-    Chunks of ``chunk`` images x 2 (steps - 1) perturbed images go through the network as
-    one batch, split over the local devices; by default 4 on a CPU (small calls stay in
-    cache), 64 on accelerators. ``progress(images_done)`` is called after each chunk.
+    ``probs`` (N, classes), the softmax of the unperturbed images, saves their forward pass
+    when several maps of the same images are scored. ``chunk`` is checked and kept for
+    compatibility: the perturbed images now go through the shared compiled forward in blocks
+    (``MetricInput.logits``). ``progress(images_done)`` is called after each block of images.
     ``temperature`` T > 0: the curves track softmax(logits / T), the calibrated probability of a
     checkpoint that stores its T (``mnist_calibration``); ``probs``, if given, must use the same T.
     """
@@ -140,23 +124,14 @@ def deletion_insertion(model, params, batch_stats, images, maps, targets, steps:
     steps = whole_number("steps", steps, 2)
     baseline = finite_number("baseline", baseline)
     temperature = positive_temperature(temperature)
-    chunk = whole_number("chunk", chunk if chunk is not None else 4 if on_cpu() else 64)
+    whole_number("chunk", chunk if chunk is not None else 4)
     if probs is not None and np.shape(probs)[:1] != (n,):
         raise ValueError(f"probs: expected one row of class probabilities per image ({n}), got shape {np.shape(probs)}")
-    forward = _compiled_probs(target, temperature)
-    if probs is None:
-        (probs,) = in_chunks(lambda x: (forward(variables, x),), (images,), 1000)
-    original = np.asarray(probs)[np.arange(n), targets]
-    empty = np.full((1, *images.shape[1:]), baseline, np.float32)
-    black = np.asarray(forward(variables, empty))[0, targets]
-    fn, devices = _compiled_curves(target, int(steps), baseline, temperature)
-    chunk = -(-chunk // devices) * devices
-    deleted, inserted = in_chunks(lambda x, m, t: fn(variables, x, m, t), (images, maps, targets), chunk, devices,
-                                  progress)
-    deletion = np.concatenate([original[:, None], deleted, black[:, None]], axis=1)
-    insertion = np.concatenate([black[:, None], inserted, original[:, None]], axis=1)
+    inp = MetricInput(images, targets, maps, _explainer_for(model), params, batch_stats)
+    original = None if probs is None else np.asarray(probs)[np.arange(n), targets]
+    deletion, insertion = F.deletion_insertion_curves(inp, steps, baseline, temperature, original, progress)
     return {"deletion_curve": deletion, "insertion_curve": insertion,
-            "deletion_auc": np.asarray(_auc(deletion)), "insertion_auc": np.asarray(_auc(insertion))}
+            "deletion_auc": F.rise_auc(deletion), "insertion_auc": F.rise_auc(insertion)}
 
 
 def bootstrap_ci(values, key: int = 0, resamples: int = 1000, level: float = 0.95):
@@ -171,102 +146,17 @@ def bootstrap_ci(values, key: int = 0, resamples: int = 1000, level: float = 0.9
 # ----------------------------------------------------------------------------- ROAD
 
 
-# Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods", ICML 2022
-# (arXiv:2202.00449): removed pixels are refilled by noisy linear imputation, so that the
-# refill does not itself tell the model which pixels were removed (a black patch does).
-# Weights of the 8 neighbours, as in their code and pytorch-grad-cam's metrics/road.py:
-# 1/6 for the 4 edge neighbours, 1/12 for the 4 corners.
-ROAD_WEIGHTS = np.array([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]], np.float32)
-ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-ROAD_NOISE = 0.01  # standard deviation of the noise added to imputed pixels, in [0, 1] pixel units
-# Conjugate-gradient iterations of the imputation solve. Against scipy's direct sparse solve of
-# the same system (float64), measured on a random image: 90% removed as one block (a 9x9 corner
-# kept) reaches a relative residual of 4e-6 (pixels within 1.3e-5) after 96 iterations, all but
-# 2 pixels removed 1.3e-5 (4e-5) after 128, 90% removed at random 1e-6 after 64; the iteration
-# stops itself at float32 precision. tests/test_road.py checks this.
-ROAD_ITERATIONS = 128
+# ROAD (Rong et al., ICML 2022): the imputation and the curves live in mnist_xai.metrics.faithfulness
+# (the registered metric "road"); the names below are kept for their callers.
+ROAD_WEIGHTS, ROAD_FRACTIONS, ROAD_NOISE, ROAD_ITERATIONS = (F.ROAD_WEIGHTS, F.ROAD_FRACTIONS, F.ROAD_NOISE,
+                                                             F.ROAD_ITERATIONS)
+linear_imputation = F.linear_imputation
+_neighbour_sum = F._neighbour_sum
 
 
-def _neighbour_sum(x: jax.Array) -> jax.Array:
-    """(B, 28, 28) -> the ROAD-weighted sum of each pixel's 8 neighbours, outside the image counting 0."""
-    h, w = x.shape[1:]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1)))
-    return sum(float(ROAD_WEIGHTS[dy, dx]) * xp[:, dy:dy + h, dx:dx + w]
-               for dy in range(3) for dx in range(3) if ROAD_WEIGHTS[dy, dx])
-
-
-def linear_imputation(images: jax.Array, removed: jax.Array, iterations: int = ROAD_ITERATIONS):
-    """Refill the ``removed`` pixels (B, 28, 28) bool of ``images`` (B, 28, 28) by ROAD's linear imputation
-    (no noise): each removed pixel equals the weighted mean of its neighbours inside the image, known
-    or removed alike -- a sparse linear system in the removed pixels (a discrete Laplace equation with
-    the known pixels as boundary values). Traceable (use under ``jax.jit``).
-
-    Solved by ``iterations`` steps of Jacobi-preconditioned conjugate gradients, matrix-free (the
-    operator is a 3x3 stencil): the system is symmetric positive definite whenever at least one
-    pixel is known. Returns ``(filled images, relative residual ||b - Au|| / ||b|| per image)``.
-    """
-    x = images.astype(jnp.float32)
-    r = removed.astype(jnp.float32)
-    deg = _neighbour_sum(jnp.ones_like(x[:1]))  # sum of the weights of the neighbours inside the image
-
-    def op(u):
-        return r * (deg * u - _neighbour_sum(r * u))
-
-    b = r * _neighbour_sum((1 - r) * x)
-    inv_diag = r / deg
-
-    def dot(a, c):
-        return (a * c).sum((1, 2), keepdims=True)
-
-    def safe_div(a, c):
-        return jnp.where(c > 0, a / jnp.where(c > 0, c, 1.0), 0.0)
-
-    z0 = inv_diag * b
-    rz0 = dot(b, z0)
-
-    def step(_, s):
-        u, res, p, rz = s
-        live = rz > 1e-14 * rz0  # converged to float32 precision: stop (further steps only add rounding)
-        ap = op(p)
-        alpha = jnp.where(live, safe_div(rz, dot(p, ap)), 0.0)
-        u, res = u + alpha * p, res - alpha * ap
-        z = inv_diag * res
-        rz_new = jnp.where(live, dot(res, z), rz)
-        return u, res, jnp.where(live, z + safe_div(rz_new, rz) * p, p), rz_new
-
-    u, _, _, _ = jax.lax.fori_loop(0, iterations, step, (jnp.zeros_like(x), b, z0, rz0))
-    residual = jnp.sqrt(safe_div(dot(b - op(u), b - op(u)), dot(b, b)))[:, 0, 0]
-    return (1 - r) * x + r * u, residual
-
-
-def _road_curves(model, counts: tuple[int, ...], iterations: int, temperature: float = 1.0):
-    """For a chunk: target probabilities with the ``counts`` most relevant (MoRF) and least relevant
-    (LeRF) pixels imputed, (n, P) each, and the largest relative residual of the solves."""
-    counts_arr = np.asarray(counts, np.int32)
-    p = len(counts)
-
-    def curves(variables, images, maps, targets, keys, noise):
-        n = images.shape[0]
-        flat = maps.reshape(n, -1)
-        # rank[i, q] = position of pixel q in descending (MoRF) / ascending (LeRF) order, ties by pixel order
-        most = jnp.argsort(jnp.argsort(-flat, axis=1, stable=True), axis=1).reshape(n, 28, 28)
-        least = jnp.argsort(jnp.argsort(flat, axis=1, stable=True), axis=1).reshape(n, 28, 28)
-        c = jnp.asarray(counts_arr)[:, None, None, None]
-        removed = jnp.concatenate([most[None] < c, least[None] < c])  # (2P, n, 28, 28)
-        x = jnp.broadcast_to(images[None, ..., 0], removed.shape)
-        filled, residual = linear_imputation(x.reshape(-1, 28, 28), removed.reshape(-1, 28, 28), iterations)
-        eps = jax.vmap(lambda k: jax.random.normal(k, (2 * p, 28, 28)))(keys)  # (n, 2P, 28, 28), per image
-        filled = filled + noise * removed.reshape(-1, 28, 28) * jnp.moveaxis(eps, 0, 1).reshape(-1, 28, 28)
-        probs = jax.nn.softmax(model.apply(variables, filled[..., None]) / temperature).reshape(2, p, n, -1)
-        prob = jnp.take_along_axis(probs, targets[None, None, :, None], 3)[..., 0]  # (2, P, n)
-        return prob[0].T, prob[1].T, residual.reshape(2 * p, n).max(0)
-
-    return curves
-
-
-def _model_variables(model, params, batch_stats) -> dict:
+def _model_variables(model, params, batch_stats, image_shape=(28, 28, 1)) -> dict:
     """``{"params", "batch_stats"}`` for ``model.apply`` (an empty batch_stats left out), checked by
-    tracing one image through the model: ValueError (one line) if the weights do not fit it."""
+    tracing one image of ``image_shape`` through the model: ValueError (one line) if the weights do not fit it."""
     if not callable(getattr(model, "apply", None)):
         raise ValueError(f"model: expected a flax module (called as model.apply(variables, images)), "
                          f"got {type(model).__name__}")
@@ -274,7 +164,7 @@ def _model_variables(model, params, batch_stats) -> dict:
     if batch_stats is not None and not (hasattr(batch_stats, "keys") and not len(batch_stats)):
         variables["batch_stats"] = batch_stats
     try:
-        out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32))
+        out = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     except Exception as e:  # noqa: BLE001 - whatever flax/XLA raise for weights of another shape
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ValueError(f"params/batch_stats do not fit {type(model).__name__}: {msg}") from None
@@ -284,24 +174,21 @@ def _model_variables(model, params, batch_stats) -> dict:
     return variables
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_road(model, counts: tuple[int, ...], iterations: int, temperature: float):
-    return split_over_devices(_road_curves(model, counts, iterations, temperature),
-                              (False, True, True, True, True, False))
-
-
 def road(model, params, batch_stats, images, maps, targets, fractions=ROAD_FRACTIONS, noise: float = ROAD_NOISE,
          key=None, iterations: int = ROAD_ITERATIONS, chunk: int | None = None, probs=None, progress=None,
          temperature: float = 1.0) -> dict:
     """ROAD (Rong et al., ICML 2022): MoRF and LeRF curves with noisy linear imputation.
 
-    For each fraction f (default 10%, ..., 90%) the round(f * 784) most relevant pixels of each
+    A wrapper of the registered metric ``road`` (``mnist_xai.metrics.faithfulness.road_curves``),
+    kept for its callers; any (N, H, W, C) images the flax module ``model`` takes
+    (``model.apply({"params": params, "batch_stats": batch_stats}, images) -> logits``).
+
+    For each fraction f (default 10%, ..., 90%) the round(f H W) most relevant pixels of each
     image (MoRF: ranked by ``maps``, descending, ties by pixel order) or the least relevant ones
     (LeRF) are removed and refilled by ``linear_imputation`` plus Gaussian noise of standard
     deviation ``noise`` (pixel units; drawn from ``key``, per image, so chunking does not change
     it); the model's softmax probability of ``targets`` (of logits / ``temperature``, as in
-    ``deletion_insertion``) is recorded. ``model.apply({"params":
-    params, "batch_stats": batch_stats}, images) -> logits``.
+    ``deletion_insertion``) is recorded.
 
     Percentiles: pytorch-grad-cam's ``ROADMostRelevantFirst(p)`` keeps the pixels below the p-th
     percentile of the map, i.e. removes the top (100 - p)%, and its ``...Average`` averages
@@ -313,37 +200,31 @@ def road(model, params, batch_stats, images, maps, targets, fractions=ROAD_FRACT
     ``combined`` = (lerf_auc - morf_auc) / 2 (pytorch-grad-cam's ROADCombined, higher is better),
     ``original`` (N,) the unperturbed probability, and ``residual`` (N,) the largest relative
     residual of the image's imputation solves (a check that ``iterations`` sufficed).
+    ``chunk`` is checked and kept for compatibility (the shared forward chunks the batch).
     """
-    images = as_image_batch(images)
+    target = explained(model)
+    images = target.images(images)
     n = len(images)
-    maps = _as_maps(maps, n)
+    maps = _as_maps(maps, n, images.shape[1:3])
     if targets is None:
         raise ValueError("targets: expected one class (0-9) per image, got None")
     targets = as_targets(targets, n)
     fr = np.asarray(fractions, np.float64).reshape(-1)
     if not fr.size or not np.all((fr > 0) & (fr < 1)):
         raise ValueError(f"fractions: expected fractions of pixels to remove in (0, 1), got {fractions!r}")
-    counts = tuple(int(c) for c in np.clip(np.round(fr * 784), 1, 783))
     noise = finite_number("noise", noise, 0.0)
     iterations = whole_number("iterations", iterations, 1)
     temperature = positive_temperature(temperature)
-    chunk = whole_number("chunk", chunk if chunk is not None else 4 if on_cpu() else 64)
+    whole_number("chunk", chunk if chunk is not None else 4)
     key = jax.random.PRNGKey(0) if key is None else key
-    variables = _model_variables(model, params, batch_stats)
-    if probs is None:
-        forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x) / temperature))
-        (probs,) = in_chunks(lambda x: (forward(variables, x),), (images,), 1000)
-    elif np.shape(probs)[:1] != (n,):
+    _model_variables(model, params, batch_stats, images.shape[1:])
+    if probs is not None and np.shape(probs)[:1] != (n,):
         raise ValueError(f"probs: expected one row of class probabilities per image ({n}), got shape {np.shape(probs)}")
-    keys = np.asarray(jax.random.split(key, n))
-    fn, devices = _compiled_road(model, counts, iterations, temperature)
-    chunk = -(-chunk // devices) * devices
-    morf, lerf, residual = in_chunks(lambda x, m, t, k: fn(variables, x, m, t, k, np.float32(noise)),
-                                     (images, maps, targets, keys), chunk, devices, progress)
-    morf_auc, lerf_auc = morf.mean(1), lerf.mean(1)
-    return {"fractions": np.asarray(counts) / 784, "morf_curve": morf, "lerf_curve": lerf,
-            "morf_auc": morf_auc, "lerf_auc": lerf_auc, "combined": (lerf_auc - morf_auc) / 2,
-            "original": np.asarray(probs)[np.arange(n), targets], "residual": residual}
+    inp = MetricInput(images, targets, maps, _explainer_for(model), params, batch_stats, key=key)
+    out = F.road_curves(inp, fr, noise, key, iterations, temperature, progress)
+    original = (F._original_scores(inp, "probs", temperature) if probs is None
+                else np.asarray(probs)[np.arange(n), targets])
+    return {**out, "original": original}
 
 
 # ----------------------------------------------------------------------------- localisation

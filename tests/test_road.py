@@ -115,20 +115,24 @@ def _bump_setup():
 
 
 def test_road_on_a_linear_model_gives_the_known_drop():
+    """Unsaturated probabilities (0.3-0.7), so MoRF and LeRF give different known answers: swapping
+    the two orders, or imputing the removed block with anything but the ramp, fails."""
     images, maps, bump, quiet = _bump_setup()
-    w = np.full((28, 28), 0.05, np.float32)
+    left_of = lambda block: np.roll(block, -8 if block is bump else -16, axis=1)  # 6x6 blocks at cols 2-7, rank 1
+    w = (0.25 * (bump.astype(np.float32) + quiet - left_of(bump) - left_of(quiet))).astype(np.float32)
     params = {"w": w}
     frac = 36 / 784  # exactly the 6x6 block
     out = M.road(LinearLogit(), params, {}, images, maps, [0, 0], fractions=[frac], noise=0.0)
-    logit_ramp = float((w * ramp()).sum())
+    logit_ramp = float((w * ramp()).sum())  # 0.25 x (8 + 16) columns x 0.01 x 36 px = 2.16
     p = lambda z: float(jax.nn.softmax(jnp.array([z] + [0.0] * 9))[0])
+    original = [p(logit_ramp + 0.25 * 0.08 * 36), p(logit_ramp + 0.25 * 0.05 * 36)]
+    assert 0.3 < p(logit_ramp) < 0.55 < original[1] < original[0] < 0.7  # far from saturation
     # MoRF: the bump is imputed from the ramp around it: the logit loses exactly the bump's w-sum.
     np.testing.assert_allclose(out["morf_curve"][:, 0], p(logit_ramp), rtol=1e-5)
-    # LeRF: the quiet block lies on the ramp, so imputing it changes nothing.
-    original = [p(logit_ramp + 0.05 * 0.08 * 36), p(logit_ramp + 0.05 * 0.05 * 36)]
+    # LeRF: the quiet block lies on the ramp (and is read by w), so imputing it changes nothing.
     np.testing.assert_allclose(out["lerf_curve"][:, 0], original, rtol=1e-5)
     np.testing.assert_allclose(out["original"], original, rtol=1e-5)
-    np.testing.assert_allclose(out["combined"], (out["lerf_auc"] - out["morf_auc"]) / 2)
+    np.testing.assert_allclose(out["combined"], (np.asarray(original) - p(logit_ramp)) / 2, rtol=1e-5)
     np.testing.assert_allclose(out["fractions"], [frac])
     assert (out["residual"] < 1e-4).all()
 

@@ -4,3 +4,4 @@ Each family module registers its metrics on import; ``METRICS`` then holds them 
 """
 from .base import (FAMILIES, METRICS, MetricInput, MetricResult, MetricSpec, bootstrap_ci, evaluate,  # noqa: F401
                    metric_names, register_metric)
+from . import faithfulness  # noqa: F401,E402  (registers the faithfulness family)

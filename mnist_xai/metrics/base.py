@@ -178,7 +178,16 @@ class MetricInput:
         variables = self.explainer.target.variables(self.params if params is None else params, self.batch_stats,
                                                     x.shape[1:])
         f = _compiled_logits(self.explainer)
-        out = [np.asarray(f(variables, jnp.asarray(x[i:i + self.chunk]))) for i in range(0, len(x), self.chunk)]
+        out = []
+        for i in range(0, len(x), self.chunk):
+            part = x[i:i + self.chunk]
+            k = len(part)
+            # a short last chunk is zero-padded to the next power of two (at most log2(chunk) + 1 shapes
+            # compile, whatever the batch sizes the metrics send; rows are independent at inference)
+            size = min(self.chunk, 1 << (k - 1).bit_length())
+            if size > k:
+                part = np.concatenate([part, np.zeros((size - k, *part.shape[1:]), part.dtype)])
+            out.append(np.asarray(f(variables, jnp.asarray(part)))[:k])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def probs(self, images, params=None) -> np.ndarray:
