@@ -413,6 +413,14 @@ def rank_agreement(ranks: dict[str, list[str]]) -> dict:
     return tau
 
 
+def _overlap(report: dict, a: str, b: str, metric: str) -> bool:
+    """Whether the 95% intervals of maps ``a`` and ``b`` by ``metric`` overlap."""
+    ra, rb = report["results"][a][metric].get("ci95"), report["results"][b][metric].get("ci95")
+    if not ra or not rb or None in ra + rb:
+        return False
+    return ra[0] <= rb[1] and rb[0] <= ra[1]
+
+
 def verdict(report: dict) -> list[str]:
     """Sentences for the chart and results.md: the best method by each measure, the most faithful
     (faithfulness family), and where the measures disagree (Kendall tau of their rankings)."""
@@ -425,7 +433,10 @@ def verdict(report: dict) -> list[str]:
     faithful = {}
     for metric, r in ranks.items():
         if r and info[metric]["family"] == "faithfulness":
-            faithful.setdefault(r[0], []).append(info[metric]["title"])
+            tied = [m for m in r[1:] if _overlap(report, r[0], m, metric)]
+            faithful.setdefault(r[0], []).append(info[metric]["title"] + (
+                f" (tied with {', '.join(tied[:2])}{' and more' if len(tied) > 2 else ''} within the 95% intervals)"
+                if tied else ""))
     if faithful:
         lines.append("Most faithful: " + "; ".join(f"{m} by {', '.join(t)}" for m, t in faithful.items()) + ".")
     if best_by:
@@ -593,6 +604,7 @@ def plot_chart(report: dict, path: Path) -> bool:
         ax.set_title(f"{info['title']}\n{'↑ higher' if info['higher_is_better'] else '↓ lower'} is better"
                      + (f"; best: {best}" if best else ""), fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
+        ax.ticklabel_format(axis="x", useOffset=False)
         ax.grid(axis="x", alpha=0.3)
     k = len(metrics)
     if len(ranked) >= 2:
@@ -606,7 +618,8 @@ def plot_chart(report: dict, path: Path) -> bool:
         for a_i in range(len(ranked)):
             for b_i in range(len(ranked)):
                 if np.isfinite(mat[a_i, b_i]):
-                    ax.text(b_i, a_i, f"{mat[a_i, b_i]:.2f}", ha="center", va="center", fontsize=6)
+                    ax.text(b_i, a_i, f"{mat[a_i, b_i]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if abs(mat[a_i, b_i]) > 0.6 else "black")
         labels = [report["metrics"][m]["title"][:14] for m in ranked]
         ax.set_xticks(range(len(ranked)), labels, rotation=60, ha="right", fontsize=6)
         ax.set_yticks(range(len(ranked)), labels, fontsize=6)
