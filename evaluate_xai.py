@@ -838,6 +838,7 @@ def main(argv=None) -> int:
         parser.error(f"--{e}")
     if missing:
         print(f"note: metrics not registered yet, left out: {', '.join(missing)}", file=sys.stderr)
+    options = parse_metric_options(args.metric_option, metrics)
 
     import jax
 
@@ -863,7 +864,6 @@ def main(argv=None) -> int:
         raise MNISTDataError(f"--num-images {num_images} is more than the {len(split)} test digits available")
     if not metrics:
         raise ValueError(f"--metrics: none of {args.metrics} is registered yet; `--list-metrics` shows what is")
-    options = parse_metric_options(args.metric_option, metrics)
     for m in metrics:  # the shared flags, for the metrics that take them; --metric-option wins
         options[m] = accepted_options(m, {"steps": args.steps, "temperature": float(temperature)}) | options.get(m, {})
     split = split.take(num_images)

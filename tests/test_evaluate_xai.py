@@ -27,7 +27,7 @@ from mnist_xai.metrics import base as B
 ROOT = Path(__file__).resolve().parents[1]
 TOY_FILE = ROOT / "tests" / "toy_metrics.py"
 TOY = ("toy_target_prob", "toy_map_mean", "toy_reexplain")
-N, BLOCK, EXPLAINER_IMAGES = 12, 4, 7
+N, BLOCK, EXPLAINER_IMAGES = 12, 4, 8
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_a_32x32_rgb_model(toy):
     images = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (5, 32, 32, 3)))
     params = model.init(jax.random.PRNGKey(0), images[:1])["params"]
     report, results = E.evaluate_methods(params, {}, model, images, np.zeros(5, int), ["saliency"],
-                                         ["toy_map_mean", "toy_target_prob"], block=3, explainer_images=5,
+                                         ["toy_map_mean", "toy_target_prob"], block=5, explainer_images=5,
                                          progress=lambda *a: None)
     import mnist_xai_visualizations as X
     sal = X.make_explainer("saliency", model).attribute(params, {}, images)
@@ -253,34 +253,51 @@ def _cli(*args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """evaluate_xai's command line in this process (the toy metrics registered by the fixture):
+    its exit code as ``cli.run`` gives it (2 for a user's error), stdout and stderr."""
+    import cli
+    try:
+        code = cli.run(E.main, list(args))
+    except SystemExit as e:  # argparse's errors (cli.OneLineErrors)
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--metrics", "toy_map_mean,nosuch"], "--metrics: expected names from "),
     (["--metrics", "toy_map_mean", "--metric-option", "toy_map_mean.scale=2"],
      "--metric-option toy_map_mean.scale=2: toy_map_mean takes no options, got 'scale'"),
     (["--metrics", "toy_target_prob", "--metric-option", "scale=2"], "--metric-option: expected NAME.OPTION=VALUE"),
+    (["--metrics", "toy_target_prob", "--metric-option", "toy_map_mean.x=2"],
+     "--metric-option toy_map_mean.x=2: expected a metric being run (toy_target_prob), got 'toy_map_mean'"),
     (["--num-processes", "2", "--process-id", "2", "--coordinator", "127.0.0.1:1"],
      "--process-id: expected an integer in [0, 2) with --num-processes 2, got 2"),
     (["--num-processes", "2", "--process-id", "0"], "--coordinator: expected HOST:PORT"),
     (["--import", "no_such_module_xyz"], "--import: expected an importable module or a .py file"),
+    (["--import", "nowhere.py"], "--import: expected a module name or a .py file, found no file nowhere.py"),
 ])
-def test_command_line_errors_are_one_line_and_exit_2(args, message, tmp_path):
-    proc = _cli("--import", str(TOY_FILE), "--out", str(tmp_path / "o"), "--num-images", "2", *args)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2 and "Traceback" not in err, err
+def test_command_line_errors_are_one_line_and_exit_2(toy, capsys, args, message, tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    code, _, err = _main(capsys, "--out", str(tmp_path / "o"), "--num-images", "2", *args)
+    assert code == 2 and "Traceback" not in err, err
     assert message in err.strip().splitlines()[-1]
     assert not (tmp_path / "o").exists()
 
 
-def test_list_metrics_and_the_defaults_not_registered_yet():
-    proc = _cli("--import", str(TOY_FILE), "--list-metrics")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+def test_list_metrics_and_the_defaults_not_registered_yet(toy, capsys, tmp_path):
+    code, out, err = _main(capsys, "--list-metrics")
+    assert code == 0, err
     assert "  toy_map_mean" in out and "↓  needs maps" in out and out.index("Faithfulness:") < out.index("Complexity:")
     missing = [m for m in E.DEFAULT_METRICS if m not in METRICS]
     if missing:
         assert f"not registered yet (defaults): {', '.join(missing)}" in out
         names, left = E.parse_metric_list(",".join(E.DEFAULT_METRICS))
         assert left == missing and len(names) == len(E.DEFAULT_METRICS) - len(missing)
+        code, _, err = _main(capsys, "--metrics", ",".join(missing), "--num-images", "2", "--out", str(tmp_path / "o"))
+        assert code == 2 and f"note: metrics not registered yet, left out: {', '.join(missing)}" in err
+        assert err.strip().splitlines()[-1].startswith("error: --metrics: none of ")
 
 
 def _free_port() -> int:
@@ -289,11 +306,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_give_the_single_process_result(run, tmp_path):
+def test_two_processes_give_the_single_process_result(toy, shipped, tmp_path):
     """Two local processes (jax.distributed on 127.0.0.1, CPU): process 0 scores blocks 0-1,
     process 1 block 2; process 0 writes every output, equal to this process's single run (the
     same blocks, keys and bootstrap; 1e-5: the two runs split a chunk over different devices)."""
-    common = ["--import", str(TOY_FILE), "--metrics", ",".join(TOY), "--methods", "saliency,gradcam",
+    common = ["--import", str(TOY_FILE), "--metrics", ",".join(TOY), "--methods", "saliency",
               "--num-images", str(N), "--block", str(BLOCK), "--randomization-images", str(EXPLAINER_IMAGES)]
     coord = f"127.0.0.1:{_free_port()}"
     out = tmp_path / "eval"
@@ -305,7 +322,9 @@ def test_two_processes_give_the_single_process_result(run, tmp_path):
     assert not (tmp_path / "unused1").exists()  # only process 0 writes
     assert sorted(x.name for x in out.iterdir()) == ["chart.png", "curves.png", "results.json", "results.md",
                                                      "values.npz"]
-    report, results = run
+    params, batch_stats, model, images, labels = shipped
+    report, results = E.evaluate_methods(params, batch_stats, model, images, labels, ["saliency"], list(TOY),
+                                         explainer_images=EXPLAINER_IMAGES, block=BLOCK, progress=lambda *a: None)
     merged = json.loads((out / "results.json").read_text())
     assert merged["processes"] == 2 and merged["num_images"] == N and merged["rankings"] == report["rankings"]
     for name, row in report["results"].items():
@@ -322,4 +341,4 @@ def test_two_processes_give_the_single_process_result(run, tmp_path):
     for k, v in expected.items():
         np.testing.assert_allclose(values[k], v, rtol=1e-5, atol=1e-7)
     md = (out / "results.md").read_text()
-    assert "| saliency |" in md and "n/a [" in md and "toy_reexplain needs a gradient method" in md
+    assert "| saliency |" in md and "n/a [1]" in md and "a fixed baseline map: no explainer to re-run" in md
