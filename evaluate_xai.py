@@ -215,27 +215,28 @@ def blocks_of(n: int, block: int, process_index: int = 0, process_count: int = 1
     return [(int(b), starts[b], min(starts[b] + block, n)) for b in share]
 
 
-def _merge_details(parts: list[tuple[int, dict]]) -> dict:
-    """Blocks' details -> one dict: arrays with a leading (or, else, trailing) axis of the block's
-    images are concatenated along it; anything else (fractions, layer names) is the first block's."""
+def _merge_details(parts: list[tuple[int, dict]]) -> tuple[dict, dict]:
+    """Blocks' details -> ``(one dict, {key: image axis})``. An array whose first or last axis has
+    the block's image count in every block is per-image: concatenated along that axis. Where
+    both do in every block (a square (stages, N) with N = stages, say) the axis is unknown, and
+    like anything else (fractions, layer names) the first block's value is kept, axis None."""
     if not parts:
-        return {}
-    out = {}
+        return {}, {}
+    out, axes = {}, {}
     for k, first in parts[0][1].items():
-        pieces, axis = [], None
+        arrays, candidates = [], None
         for n, d in parts:
-            a = np.asarray(d.get(k)) if k in d else None
+            a = np.asarray(d[k]) if k in d and not isinstance(d[k], (str, bytes)) else None
             if a is None or a.dtype == object or a.ndim == 0:
-                axis = None
+                candidates = set()
                 break
-            ax = 0 if a.shape[0] == n else a.ndim - 1 if a.shape[-1] == n else None
-            if ax is None or (axis is not None and ax != axis):
-                axis = None
-                break
-            axis = ax
-            pieces.append(a)
-        out[k] = np.concatenate(pieces, axis) if axis is not None else first
-    return out
+            here = {ax for ax in (0, a.ndim - 1) if a.shape[ax] == n}
+            candidates = here if candidates is None else candidates & here
+            arrays.append(a)
+        axis = candidates.pop() if candidates and len(candidates) == 1 else None
+        out[k] = np.concatenate(arrays, axis) if axis is not None else first
+        axes[k] = axis
+    return out, axes
 
 
 def score_blocks(params, batch_stats, model, images, methods, metrics, seed=0, options=None,
@@ -371,8 +372,9 @@ def merge(parts: list[dict], names: list[str], metrics: list[str], seed: int = 0
             blocks = {b: v for r in recs if r for b, v in r.items()}
             order = sorted(blocks)
             values = np.concatenate([blocks[b][1] for b in order]) if order else np.zeros(0)
-            details = _merge_details([(blocks[b][0], blocks[b][2]) for b in order])
+            details, axes = _merge_details([(blocks[b][0], blocks[b][2]) for b in order])
             res = MetricResult(metric, values, METRICS[metric].higher_is_better, details=details)
+            res.image_axes = axes  # which details are per image, along which axis (the curves)
             res.mean, res.low, res.high = bootstrap_ci(values, seed)
             row[metric] = res
         results[name] = row
@@ -476,11 +478,12 @@ def build_report(results: dict, targets, labels, metrics: list[str], seconds: di
                 continue
             s = r.summary()
             out[metric] = {"mean": _finite(s["mean"]), "ci95": [_finite(v) for v in s["ci95"]], "n": s["n"]}
-            for k, v in r.details.items():
-                a = np.asarray(v) if not isinstance(v, (str, bytes)) else None
-                if a is not None and a.dtype != object and a.ndim == 2 and a.shape[0] == len(r.values) and a.shape[1] > 1:
+            for k, axis in getattr(r, "image_axes", {}).items():
+                a = np.asarray(r.details[k]) if axis is not None else None
+                if a is not None and a.ndim == 2 and a.shape[1 - axis] > 1:  # a per-image curve
                     with np.errstate(all="ignore"):
-                        curves[f"{metric}/{k}"] = [_finite(x) for x in np.nanmean(a.astype(np.float64), 0)]
+                        mean = np.nanmean(a.astype(np.float64), axis)
+                    curves[f"{metric}/{k}"] = [_finite(x) for x in mean]
         report["results"][name] = out
         if curves:
             report["curves"][name] = curves
@@ -650,6 +653,7 @@ def plot_curves(report: dict, path: Path) -> bool:
     rows = -(-len(keys) // cols)
     fig = Figure(figsize=(4.4 * cols, 3.4 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
+    colour = {name: f"C{i % 10}" for i, name in enumerate(report["curves"])}  # one colour per map in every panel
     for ax, key in zip(axes.flat, keys):
         metric, detail = key.split("/", 1)
         info = report["metrics"].get(metric, {"title": metric, "higher_is_better": True})
@@ -657,15 +661,20 @@ def plot_curves(report: dict, path: Path) -> bool:
             if key in curves:
                 c = np.array([np.nan if v is None else v for v in curves[key]])
                 ax.plot(np.linspace(0, 1, len(c)) if len(c) > 1 else [0], c, "--" if name in BASELINES else "-",
-                        label=name, lw=1)
+                        label=name, lw=1, color=colour[name])
         ax.set_title(f"{info['title']}: {detail}\n({'↑ higher' if info['higher_is_better'] else '↓ lower'} is better)",
                      fontsize=8)
         ax.set_xlabel("position along the curve (0 to 1)", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=6)
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color=colour[n], ls="--" if n in BASELINES else "-", lw=1) for n in colour]
+    if len(keys) % cols:  # a free panel: the legend there
+        axes.flat[-1].legend(handles, list(colour), fontsize=7, loc="center")
+    else:
+        axes.flat[0].legend(handles, list(colour), fontsize=6)
     for ax in axes.flat[len(keys):]:
-        ax.set_visible(False)
+        ax.axis("off")
     fig.suptitle(f"Mean curves over {report['num_images']} test images", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -146,13 +146,19 @@ def test_blocks_are_shared_out_whole_and_contiguously():
 
 
 def test_merged_details_concatenate_per_image_arrays_and_keep_constants():
-    parts = [(2, {"c": np.ones((2, 3)), "rho": np.zeros((5, 2)), "x": np.arange(3), "layers": ["a", "b"]}),
-             (1, {"c": 2 * np.ones((1, 3)), "rho": np.ones((5, 1)), "x": np.arange(3), "layers": ["a", "b"]})]
-    d = E._merge_details(parts)
+    parts = [(2, {"c": np.ones((2, 3)), "rho": np.zeros((5, 2)), "x": np.arange(3), "layers": ["a", "b"],
+                  "sq": np.zeros((2, 2))}),
+             (1, {"c": 2 * np.ones((1, 3)), "rho": np.ones((5, 1)), "x": np.arange(3), "layers": ["a", "b"],
+                  "sq": np.ones((2, 1))})]
+    d, axes = E._merge_details(parts)
     np.testing.assert_array_equal(d["c"], [[1] * 3, [1] * 3, [2] * 3])
     assert d["rho"].shape == (5, 3) and d["rho"][:, 2].tolist() == [1] * 5
     np.testing.assert_array_equal(d["x"], np.arange(3))
     assert d["layers"] == ["a", "b"]
+    # (stages, N) with N = stages in the first block: the second block tells the image axis.
+    assert d["sq"].shape == (2, 3) and axes == {"c": 0, "rho": 1, "x": None, "layers": None, "sq": 1}
+    d, axes = E._merge_details(parts[:1])  # one square block: unknown, kept as it is, drawn as no curve
+    assert axes["sq"] is None and d["sq"].shape == (2, 2)
 
 
 def test_a_32x32_rgb_model(toy):
