@@ -21,9 +21,8 @@ The metrics come from the metric registry (mnist_xai/metrics; --list-metrics sho
 the table's columns, results.json and the figures are generated from each metric's result
 (its title, direction, mean and bootstrap 95% interval), so a newly registered metric needs
 no edit here. Each map explains the predicted class; a random map and a Sobel edge map are
-scored beside the methods as baselines. Metrics that re-run the explainer (randomisation,
-completeness, robustness: they "need" an explainer) score the first --randomization-images
-images. A metric that does not apply to a method (completeness needs a path method) shows
+scored beside the methods as baselines. Metrics that re-run the explainer (they "need" one:
+randomisation, robustness, input invariance) score the first --randomization-images images. A metric that does not apply to a method (completeness needs a path method) shows
 its reason in the table. --import adds metrics of your own (a module or a .py file whose
 @register_metric functions then count as registered). Metric options: --steps and
 --temperature go to every metric that takes them (deletion/insertion steps; the
@@ -798,8 +797,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=16, metavar="N",
                         help="deletion/insertion steps, for every metric with a 'steps' option (default: %(default)s)")
     parser.add_argument("--randomization-images", type=int, default=100, metavar="N",
-                        help="images for the metrics that re-run the explainer: randomisation, completeness, "
-                             "robustness (default: %(default)s)")
+                        help="images for the metrics that re-run the explainer (they need one: randomisation, "
+                             "robustness, input invariance) (default: %(default)s)")
     parser.add_argument("--temperature", default="checkpoint", metavar="T",
                         help="for every metric with a 'temperature' option: the probability is softmax(logits / T); "
                              "'checkpoint' uses the temperature the checkpoint stores (1 if none), 1 the plain "
