@@ -103,24 +103,3 @@ def test_bad_input_is_one_line(call, match):
     with pytest.raises(ValueError, match=match) as e:
         call()
     assert "\n" not in str(e.value)
-
-
-def test_the_evaluation_table_shows_frame_ink_and_road_columns_when_measured():
-    import evaluate_xai
-
-    def row(**extra):
-        return {"deletion_auc": (0.3, 0.2, 0.4), "insertion_auc": (0.7, 0.6, 0.8), "ink_share": 0.2,
-                "ink_share_random": 0.1, **extra}
-
-    old = {"results": {"random (baseline)": row(), "gradcam": row()}}
-    table = evaluate_xai.format_table(old)  # a report written before these columns existed
-    assert "frame share" not in table and "ROAD" not in table and table.count("\n") == 3
-    per_class = [0.4] * 9 + [0.7]
-    new = {"results": {name: row(frame_share=0.5, frame_share_by_class=per_class, ink_ratio=1.2,
-                                 ink_ratio_by_class=[1.5] * 9 + [0.6], road_morf_auc=(0.4, 0.3, 0.5),
-                                 road_lerf_auc=(0.6, 0.5, 0.7))
-                       for name in ("random (baseline)", "gradcam")}}
-    table = evaluate_xai.format_table(new)
-    assert "| frame share ↓ mean / worst class | ink ratio ↑ mean / worst class | ROAD MoRF ↓ (95% CI) |" in table
-    assert "| 0.50 / 0.70 | 1.20x / 0.60x | 0.400 (0.300–0.500) | 0.600 (0.500–0.700) |" in table
-    assert all(line.count("|") == table.splitlines()[0].count("|") for line in table.splitlines())

@@ -243,31 +243,37 @@ def test_cli_checkpoint_that_does_not_fit(tmp_path):
 
 
 def test_cli_small_run_writes_every_output(tmp_path):
+    """The default metrics (the families' registered names) on two methods: every metric is a
+    column with a value or a reason for every map, the figures are written, and the metrics
+    that take a temperature get the checkpoint's. Runs once the metric families are merged."""
+    import evaluate_xai
+    import mnist_xai.metrics as metrics
+    missing = [m for m in evaluate_xai.DEFAULT_METRICS if m not in metrics.METRICS]
+    if missing:
+        pytest.skip(f"metric families not merged yet: {', '.join(missing)} not registered")
     out = tmp_path / "eval"
-    proc = _run("--methods", "gradcam,saliency,integrated_gradients", "--num-images", "24",
+    proc = _run("--methods", "gradcam,integrated_gradients", "--num-images", "16",
                 "--randomization-images", "4", "--steps", "8", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "results.json").read_text())
-    assert set(report["results"]) == {"random (baseline)", "sobel edges (baseline)", "gradcam", "saliency",
+    assert set(report["results"]) == {"random (baseline)", "sobel edges (baseline)", "gradcam",
                                       "integrated_gradients"}
-    assert report["results"]["integrated_gradients"]["completeness_error_mean"] < 0.01
-    assert "| gradcam |" in (out / "results.md").read_text()
-    for png in ("curves.png", "randomization.png", "randomization_maps.png"):
-        assert (out / png).read_bytes()[:4] == b"\x89PNG"
-        assert f"]({png})" in (out / "results.md").read_text()
-    for name in ("gradcam", "saliency", "integrated_gradients"):
-        ci = report["results"][name]["randomization_ci"]
-        assert len(ci) == 8 and all(lo <= rho <= hi for (_, rho), (lo, hi) in zip(report["results"][name]["randomization"], ci))
-    assert not out.with_name("eval.tmp").exists()
-    # The curves track the checkpoint's calibrated probability: their first point is softmax(logits / T).
+    assert list(report["metrics"]) == list(evaluate_xai.DEFAULT_METRICS)
+    for name, row in report["results"].items():
+        for metric in evaluate_xai.DEFAULT_METRICS:
+            cell = row[metric]
+            assert ("skipped" in cell and cell["skipped"]) or (cell["mean"] is not None and cell["n"] > 0), (name, metric)
+    for metric in ("deletion", "insertion", "road", "ink_share", "frame_share"):  # maps only: every map has a value
+        assert all("mean" in row[metric] for row in report["results"].values()), metric
+    assert "mean" in report["results"]["integrated_gradients"]["completeness"]
+    assert report["rankings"]["deletion"] and report["verdict"][0].startswith("Most faithful: ")
+    md = (out / "results.md").read_text()
+    assert "| gradcam |" in md and "![method x metric](chart.png)" in md
+    assert (out / "chart.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(np.load(out / "values.npz").files) >= {"gradcam/deletion", "integrated_gradients/insertion"}
     import mnist_checkpoint as ckpt
-    from mnist_data import load_sample_digits
-    params, batch_stats, model, meta = ckpt.load_checkpoint(ckpt.default_checkpoint())
-    t = meta["temperature"]
-    assert report["temperature"] == pytest.approx(t) and abs(t - 1) > 0.1
-    images = load_sample_digits().images[:24].astype(np.float32) / 255.0
-    logits = model.apply({"params": params, "batch_stats": batch_stats}, images)
-    expected = np.asarray(jax.nn.softmax(logits / t)).max(1).mean()
-    for name in report["results"]:
-        assert report["results"][name]["deletion_curve"][0] == pytest.approx(expected, rel=1e-4)
-    assert f"softmax(logits / {t:.3f})" in (out / "results.md").read_text()
+    *_, meta = ckpt.load_checkpoint(ckpt.default_checkpoint())
+    for metric, opts in report["options"].items():
+        if "temperature" in opts:
+            assert opts["temperature"] == pytest.approx(meta["temperature"])
+    assert not out.with_name("eval.tmp").exists()

@@ -23,6 +23,13 @@ Equinox, Haiku, a function) and any (N, H, W, C) images:
   perturbed inputs or randomised parameters,
 - ``masks`` (N, H, W) bool: the object (localisation metrics; on MNIST the ink mask),
 - ``key``: a ``jax.random`` key, the only source of randomness of every metric.
+
+A metric that makes sense only for some methods (completeness: a path method's baseline)
+says so with ``applies=`` in ``register_metric``: ``applies(explainer) -> None`` (it applies)
+or a one-line reason why not. ``evaluate`` then raises ``NotApplicable`` (a ``ValueError``)
+with that reason, and ``evaluate_xai`` shows the reason in its table instead of a value;
+``not_applicable(name, explainer)`` asks without running anything. A metric may also raise
+``NotApplicable`` itself when it finds out only while running.
 """
 from __future__ import annotations
 
@@ -57,6 +64,7 @@ class MetricSpec:
     paper: str
     fn: Callable
     summary: str = ""  # one line: what the value means
+    applies: Callable | None = None  # applies(explainer) -> None, or why the metric does not apply
 
     def __call__(self, inp: "MetricInput", **options) -> "MetricResult":
         return evaluate(self.name, inp, **options)
@@ -65,21 +73,27 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {}
 
 
+class NotApplicable(ValueError):
+    """The metric does not apply to this method or input; the message says why (one line)."""
+
+
 def register_metric(name: str, *, title: str, family: str, higher_is_better: bool, needs=("model", "maps"),
-                    reference: str = "", paper: str = "", summary: str = ""):
+                    reference: str = "", paper: str = "", summary: str = "", applies: Callable | None = None):
     """Record ``fn`` as metric ``name`` (see the module's docstring)."""
     if family not in dict(FAMILIES):
         raise ValueError(f"family: expected one of {', '.join(dict(FAMILIES))}, got {family!r}")
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"needs: expected a subset of {NEEDS}, got {sorted(unknown)}")
+    if applies is not None and not callable(applies):
+        raise ValueError(f"applies: expected a function explainer -> None or a reason, got {type(applies).__name__}")
 
     def wrap(fn):
         if name in METRICS:
             raise ValueError(f"metric {name!r} is registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
         METRICS[name] = MetricSpec(name, title, family, bool(higher_is_better), tuple(needs), reference, paper, fn,
-                                   summary or (doc[0] if doc else ""))
+                                   summary or (doc[0] if doc else ""), applies)
         return fn
     return wrap
 
@@ -207,6 +221,15 @@ class MetricInput:
                                                    images, targets, key=self.key if key is None else key))
 
 
+def not_applicable(name: str, explainer) -> str | None:
+    """Why metric ``name`` does not apply to ``explainer`` (its ``applies``), or None when it does."""
+    if name not in METRICS:
+        raise ValueError(f"metric: expected one of {', '.join(metric_names())}, got {name!r}")
+    applies = METRICS[name].applies
+    reason = applies(explainer) if applies is not None else None
+    return None if reason is None else str(reason)
+
+
 def evaluate(name: str, inp: MetricInput, **options) -> MetricResult:
     """Run the registered metric ``name`` on ``inp``; one ``ValueError`` line if it is unknown or
     ``inp`` lacks what it needs."""
@@ -223,6 +246,9 @@ def evaluate(name: str, inp: MetricInput, **options) -> MetricResult:
             missing.append("masks")
     if missing:
         raise ValueError(f"{name}: needs {', '.join(missing)}; the MetricInput has none")
+    reason = not_applicable(name, inp.explainer)
+    if reason is not None:
+        raise NotApplicable(f"{name}: {reason}")
     out = spec.fn(inp, **options)
     details = {}
     if isinstance(out, tuple):
