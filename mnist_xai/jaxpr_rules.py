@@ -234,9 +234,13 @@ def _zeros_like(v):
 
 
 def propagate(fn: Callable, worlds: list, out_cotangents: list, rules: Rules):
-    """Back-propagate ``out_cotangents`` (one per world, shaped as ``fn``'s output) through ``fn``
-    with ``rules``: the cotangent of the input in each world, and ``fn``'s output in each world."""
+    """Back-propagate ``out_cotangents`` (one per world, shaped as ``fn``'s output; or a function
+    of ``fn``'s outputs in each world that returns them, so the forward pass is not run twice to
+    pick the targets) through ``fn`` with ``rules``: the cotangent of the input in each world,
+    and ``fn``'s output in each world."""
     trace, x, out = forward(fn, worlds)
+    if callable(out_cotangents):
+        out_cotangents = out_cotangents(trace.values[out])
     if rules.prepare is not None:
         rules.prepare(trace, x, out)
     cts = {out: list(out_cotangents)}

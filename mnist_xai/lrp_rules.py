@@ -143,32 +143,30 @@ class Layer:
 
     def lin_t(self, g, like, w=None):
         """The transpose of ``v -> P(L(v, w))`` applied to ``g`` (``like``: an input, for its shape)."""
-        return jax.vjp(lambda v: self.lin(v, w), like)[1](g)[0]
+        return jax.linear_transpose(lambda v: self.lin(v, w), like)(g)[0]
 
-    # The merged weights W' = s * W per output unit, and their positive and negative parts:
-    # A_{W'+}(v) = s+ A_{W+}(v) + s- A_{W-}(v), A_{W'-}(v) = s+ A_{W-}(v) + s- A_{W+}(v).
+    # The merged weights W' = s * W per output unit. With P = A_{W+} and N = A_{W-} (the
+    # positive and negative parts of the layer's own weights), every weight variant a rule
+    # needs is a combination of the two: A_{W'}(v) = s P(v) + s N(v), A_{W'+}(v) = s+ P(v) + s- N(v),
+    # A_{W'-}(v) = s- P(v) + s+ N(v) (a negative s swaps the parts, as merging would). So a rule
+    # costs two convolutions per input variant and two transposed ones per output (``pn``, ``pn_t``).
 
-    def parts(self):
+    def pn(self, v0, v1):
+        """((P(v0), N(v0)), (P(v1), N(v1)))."""
         w = self.weight
-        return jnp.maximum(w, 0), jnp.minimum(w, 0)
+        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+        return (self.lin(v0, wp), self.lin(v0, wn)), (self.lin(v1, wp), self.lin(v1, wn))
 
-    def a(self, v, sign=0):
-        """A_{W'}(v) (sign 0), A_{W'+}(v) (sign +1) or A_{W'-}(v) (sign -1)."""
-        if sign == 0:
-            return self.s * self.lin(v)
-        wp, wn = self.parts()
-        sp, sn = jnp.maximum(self.s, 0), jnp.minimum(self.s, 0)
-        first, second = (wp, wn) if sign > 0 else (wn, wp)
-        return sp * self.lin(v, first) + sn * self.lin(v, second)
+    def pn_t(self, gp0, gn0, gp1, gn1, like):
+        """(P^T(gp0) + N^T(gn0), P^T(gp1) + N^T(gn1)): the transpose of ``pn``."""
+        w = self.weight
+        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
+        return (self.lin_t(gp0, like, wp) + self.lin_t(gn0, like, wn),
+                self.lin_t(gp1, like, wp) + self.lin_t(gn1, like, wn))
 
-    def a_t(self, g, like, sign=0):
-        """The transpose of ``a(., sign)`` applied to ``g``."""
-        if sign == 0:
-            return self.lin_t(self.s * g, like)
-        wp, wn = self.parts()
-        sp, sn = jnp.maximum(self.s, 0), jnp.minimum(self.s, 0)
-        first, second = (wp, wn) if sign > 0 else (wn, wp)
-        return self.lin_t(sp * g, like, first) + self.lin_t(sn * g, like, second)
+    def signs(self):
+        """(s, s+, s-)."""
+        return self.s, jnp.maximum(self.s, 0), jnp.minimum(self.s, 0)
 
 
 def _scaled(s, t, eqn, i, c):
@@ -263,7 +261,7 @@ class Epsilon:
         _check_eps("epsilon", self.epsilon)
 
     def __call__(self, layer: Layer, x, z, r, worlds):
-        return x * layer.a_t(r / stabilize(z, self.epsilon), x)
+        return x * layer.lin_t(layer.s * r / stabilize(z, self.epsilon), x)
 
 
 @dataclass(frozen=True)
@@ -282,9 +280,7 @@ class ZPlus:
         _check_eps("stabilizer", self.stabilizer)
 
     def __call__(self, layer, x, z, r, worlds):
-        xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
-        g = r / stabilize(layer.a(xp, 1) + jnp.maximum(layer.t, 0) + layer.a(xn, -1), self.stabilizer)
-        return xp * layer.a_t(g, x, 1) + xn * layer.a_t(g, x, -1)
+        return AlphaBeta(1.0, 0.0, self.stabilizer)(layer, x, z, r, worlds)
 
 
 @dataclass(frozen=True)
@@ -302,12 +298,20 @@ class AlphaBeta:
         _check_eps("stabilizer", self.stabilizer)
 
     def __call__(self, layer, x, z, r, worlds):
+        _, sp, sn = layer.signs()
         xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
-        ga = r / stabilize(layer.a(xp, 1) + jnp.maximum(layer.t, 0) + layer.a(xn, -1), self.stabilizer)
-        gb = r / stabilize(layer.a(xp, -1) + jnp.minimum(layer.t, 0) + layer.a(xn, 1), self.stabilizer)
-        positive = xp * layer.a_t(ga, x, 1) + xn * layer.a_t(ga, x, -1)
-        negative = xp * layer.a_t(gb, x, -1) + xn * layer.a_t(gb, x, 1)
-        return self.alpha * positive - self.beta * negative
+        (pp, np_), (pn, nn) = layer.pn(xp, xn)  # P(x+), N(x+), P(x-), N(x-)
+        t = layer.t
+        # A_{W'+}(x+) + b'+ + A_{W'-}(x-), and A_{W'-}(x+) + b'- + A_{W'+}(x-)
+        ga = r / stabilize(sp * pp + sn * np_ + jnp.maximum(t, 0) + sn * pn + sp * nn, self.stabilizer)
+        gb = r / stabilize(sn * pp + sp * np_ + jnp.minimum(t, 0) + sp * pn + sn * nn, self.stabilizer)
+        if self.beta == 0:
+            gb = jnp.zeros_like(gb)
+        a, b = self.alpha, self.beta
+        # x+ (alpha A_{W'+}^T ga - beta A_{W'-}^T gb) + x- (alpha A_{W'-}^T ga - beta A_{W'+}^T gb)
+        on_pos, on_neg = layer.pn_t(a * sp * ga - b * sn * gb, a * sn * ga - b * sp * gb,
+                                    a * sn * ga - b * sp * gb, a * sp * ga - b * sn * gb, x)
+        return xp * on_pos + xn * on_neg
 
 
 @dataclass(frozen=True)
@@ -324,28 +328,23 @@ class Gamma:
 
     def __call__(self, layer, x, z, r, worlds):
         gm = self.gamma
+        s, sp, sn = layer.signs()
         xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
+        (pp, np_), (pn, nn) = layer.pn(xp, xn)
         t = layer.t
-
-        def up(v):  # A_{W' + gamma W'+}(v)
-            return layer.a(v) + gm * layer.a(v, 1)
-
-        def down(v):  # A_{W' + gamma W'-}(v)
-            return layer.a(v) + gm * layer.a(v, -1)
-
-        def up_t(g):
-            return layer.a_t(g, x) + gm * layer.a_t(g, x, 1)
-
-        def down_t(g):
-            return layer.a_t(g, x) + gm * layer.a_t(g, x, -1)
-
-        o0 = up(xp) + t + gm * jnp.maximum(t, 0)
-        o1 = down(xn)
-        o2 = down(xp) + t + gm * jnp.minimum(t, 0)
-        o3 = up(xn)
+        # W' + gamma W'+ = (s + gamma s+) on P, (s + gamma s-) on N; W' + gamma W'- the other way
+        up_p, up_n = s + gm * sp, s + gm * sn
+        down_p, down_n = s + gm * sn, s + gm * sp
+        o0 = up_p * pp + up_n * np_ + t + gm * jnp.maximum(t, 0)   # A_{W'+gW'+}(x+) + b' + g b'+
+        o1 = down_p * pn + down_n * nn                             # A_{W'+gW'-}(x-)
+        o2 = down_p * pp + down_n * np_ + t + gm * jnp.minimum(t, 0)  # A_{W'+gW'-}(x+) + b' + g b'-
+        o3 = up_p * pn + up_n * nn                                 # A_{W'+gW'+}(x-)
         g01 = (z > 0).astype(r.dtype) * r / stabilize(o0 + o1, self.stabilizer)
         g23 = (z < 0).astype(r.dtype) * r / stabilize(o2 + o3, self.stabilizer)
-        return xp * up_t(g01) + xn * down_t(g01) + xp * down_t(g23) + xn * up_t(g23)
+        # x+ (up^T g01 + down^T g23) + x- (down^T g01 + up^T g23)
+        on_pos, on_neg = layer.pn_t(up_p * g01 + down_p * g23, up_n * g01 + down_n * g23,
+                                    down_p * g01 + up_p * g23, down_n * g01 + up_n * g23, x)
+        return xp * on_pos + xn * on_neg
 
 
 @dataclass(frozen=True)
@@ -365,9 +364,15 @@ class ZBox:
         if len(worlds) < 3:
             raise ValueError("ZBox: expected low and high inputs, got none (give the explainer low= and high=)")
         lo, hi = worlds[1], worlds[2]
-        g = r / stabilize(z - (layer.a(lo, 1) + jnp.maximum(layer.t, 0)) - (layer.a(hi, -1) + jnp.minimum(layer.t, 0)),
-                          self.stabilizer)
-        return x * layer.a_t(g, x) - lo * layer.a_t(g, x, 1) - hi * layer.a_t(g, x, -1)
+        s, sp, sn = layer.signs()
+        (pl, nl), (ph, nh) = layer.pn(lo, hi)
+        t = layer.t
+        low_part = sp * pl + sn * nl + jnp.maximum(t, 0)    # A_{W'+}(l) + b'+
+        high_part = sn * ph + sp * nh + jnp.minimum(t, 0)   # A_{W'-}(h) + b'-
+        g = r / stabilize(z - low_part - high_part, self.stabilizer)
+        # x A_{W'}^T g - l A_{W'+}^T g - h A_{W'-}^T g
+        on_lo, on_hi = layer.pn_t(sp * g, sn * g, sn * g, sp * g, x)
+        return x * layer.lin_t(s * g, x) - lo * on_lo - hi * on_hi
 
 
 @dataclass(frozen=True)

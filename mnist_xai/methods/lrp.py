@@ -130,9 +130,14 @@ class LRP(PropagationExplainer):
         return made[name]()
 
     def _check(self, variables, images):
+        if not self.uses_box:
+            return
         for name, b in (("low", self.low), ("high", self.high)):
-            if b is not None and b.ndim and b.size != int(np.prod(images.shape[1:])) \
-                    and np.broadcast_shapes(b.shape, images.shape[1:]) != tuple(images.shape[1:]):
+            try:
+                ok = np.broadcast_shapes(b.shape, images.shape[1:]) == tuple(images.shape[1:])
+            except ValueError:
+                ok = False
+            if not ok:
                 raise ValueError(f"{name}: expected a scalar or one image shaped {tuple(images.shape[1:])}, "
                                  f"got shape {b.shape}")
 
@@ -148,17 +153,17 @@ class LRP(PropagationExplainer):
         def fn(x):
             return target.scoped_logits(variables, x, scope)
 
-        logits = self.logits(variables, images)
-        t = _resolve_targets(logits, targets)
-        onehot = jax.nn.one_hot(t, logits.shape[-1], dtype=logits.dtype)
         worlds = [images]
         if self.uses_box:
-            shape = images.shape
-            worlds += [jnp.broadcast_to(jnp.asarray(b, images.dtype).reshape(b.shape if b.ndim else ()), shape)
-                       for b in (self.low, self.high)]
-        rules = lr.lrp_rules(self.composite, names)
-        grads, _ = jr.propagate(fn, worlds, [onehot] + [jnp.zeros_like(onehot)] * (len(worlds) - 1), rules)
-        return grads[0], logits
+            worlds += [jnp.broadcast_to(jnp.asarray(b, images.dtype), images.shape) for b in (self.low, self.high)]
+
+        def start(outputs):  # the one-hot of the target (zennit's attr_output), in the image's world only
+            t = _resolve_targets(outputs[0], targets)
+            onehot = jax.nn.one_hot(t, outputs[0].shape[-1], dtype=outputs[0].dtype)
+            return [onehot] + [jnp.zeros_like(onehot)] * (len(worlds) - 1)
+
+        grads, outs = jr.propagate(fn, worlds, start, lr.lrp_rules(self.composite, names))
+        return grads[0], outs[0]
 
 
 EPSILON = Option("epsilon", float, "the epsilon rule's stabiliser (zennit's 1e-6; larger: sparser maps)", low=0.0)
