@@ -58,8 +58,12 @@ def _composite(name, epsilon, gamma, alpha, beta, stabilizer):
 
 
 def _bound(name, value):
-    a = np.asarray(value, np.float32) if not isinstance(value, str) else None
-    if a is None or a.dtype.kind not in "fiu" or not np.all(np.isfinite(a)):
+    """``low``/``high``: a finite scalar or image, as float32."""
+    try:
+        a = None if isinstance(value, str) else np.asarray(value, np.float32)
+    except (TypeError, ValueError):
+        a = None
+    if a is None or not np.all(np.isfinite(a)):
         raise ValueError(f"{name}: expected a finite number or one image in the model's input space, got {value!r}")
     return a
 
