@@ -113,7 +113,8 @@ def build(family, channels):
     """``(model, params, batch_stats)`` as ``attribute`` takes them, every family on ``weights(channels)``."""
     w = weights(channels)
     if family == "linen":
-        params = {"stem": {"kernel": w["k1"], "bias": w["b1"]}, "block": {"conv2": {"kernel": w["k2"], "bias": w["b2"]}},
+        params = {"stem": {"kernel": w["k1"], "bias": w["b1"]},
+                  "block": {"conv2": {"kernel": w["k2"], "bias": w["b2"]}},
                   "head": {"kernel": w["wd"], "bias": w["bd"]}}
         return LinenNet(), params, None
     if family == "nnx":

@@ -79,8 +79,9 @@ class LRP(PropagationExplainer):
     parameters). ``epsilon`` (epsilon rule), ``gamma``, ``alpha``/``beta`` (alpha - beta = 1),
     ``stabilizer`` (every other rule's denominator) as zennit's defaults. ``low``/``high``
     (the z^B rule): the lowest and highest input, a scalar or one image in the MODEL's input
-    space (default: the model's ``input_range``, [0, 1] for MNISTCNN), carried to the first
-    layer's input space through the operations before it.
+    space (default: the model's ``input_range``, [0, 1] for MNISTCNN; without one, each
+    image's own minimum and maximum), carried to the first layer's input space through the
+    operations before it.
 
     BatchNorm after a conv or dense layer is merged into it, as zennit's
     ``SequentialMergeBatchNorm`` canonizer does (lrp_rules.fuse).
@@ -116,12 +117,8 @@ class LRP(PropagationExplainer):
         self.uses_box = any(isinstance(r, lr.ZBox) for _, r in (*self.composite.kinds, *self.composite.first,
                                                                   *self.composite.names))
         lo_hi = target.input_range or (None, None)
-        self.low = _bound("low", lo_hi[0] if low is None else low) if (low is not None or lo_hi[0] is not None) else None
-        self.high = _bound("high", lo_hi[1] if high is None else high) if (high is not None or lo_hi[1] is not None) \
-            else None
-        if self.uses_box and (self.low is None or self.high is None):
-            raise ValueError(f"low, high: the z^B rule needs the lowest and highest input; {target.name} declares no "
-                             f"input_range, give low= and high=")
+        self.low = None if low is None and lo_hi[0] is None else _bound("low", lo_hi[0] if low is None else low)
+        self.high = None if high is None and lo_hi[1] is None else _bound("high", lo_hi[1] if high is None else high)
         super().__init__(model, chunk_size)
 
     def _named_rule(self, name, alpha, beta):
@@ -137,6 +134,8 @@ class LRP(PropagationExplainer):
         if not self.uses_box:
             return
         for name, b in (("low", self.low), ("high", self.high)):
+            if b is None:
+                continue
             try:
                 ok = np.broadcast_shapes(b.shape, images.shape[1:]) == tuple(images.shape[1:])
             except ValueError:
@@ -159,7 +158,10 @@ class LRP(PropagationExplainer):
 
         worlds = [images]
         if self.uses_box:
-            worlds += [jnp.broadcast_to(jnp.asarray(b, images.dtype), images.shape) for b in (self.low, self.high)]
+            axes = tuple(range(1, images.ndim))  # no bound given or declared: each image's own range
+            own = (images.min(axes, keepdims=True), images.max(axes, keepdims=True))
+            worlds += [jnp.broadcast_to(jnp.asarray(b, images.dtype) if b is not None else o, images.shape)
+                       for b, o in zip((self.low, self.high), own)]
 
         def start(outputs):  # the one-hot of the target (zennit's attr_output), in the image's world only
             t = _resolve_targets(outputs[0], targets)
@@ -175,8 +177,8 @@ GAMMA = Option("gamma", float, "the gamma rule's boost of positive weights (zenn
 ALPHA = Option("alpha", float, "weight of positive contributions (alpha - beta = 1)", low=1.0)
 BETA = Option("beta", float, "weight of negative contributions (alpha - beta = 1)", low=0.0)
 LOW = Option("low", None, "z^B: the lowest input, a scalar or one image in the model's input space "
-                          "(default: its input_range)")
-HIGH = Option("high", None, "z^B: the highest input (default: the model's input_range)")
+                          "(default: its input_range, else each image's minimum)")
+HIGH = Option("high", None, "z^B: the highest input (default: the model's input_range, else each image's maximum)")
 
 REF = "zennit 0.5.1 {} (zennit/rules.py, composites.py)"
 PAPER = "Bach et al., PLoS ONE 2015; Montavon et al. 2019"
@@ -185,9 +187,10 @@ PAPER = "Bach et al., PLoS ONE 2015; Montavon et al. 2019"
 @register("lrp_epsilon", title="LRP-epsilon", family="propagation", cost="fast", signed=True, options=(EPSILON,),
           reference=REF.format("Epsilon"), paper=PAPER)
 class LRPEpsilon(LRP):
-    """LRP-epsilon on every conv and dense layer: R_x = x * W'^T (R / stab_eps(z)) (zennit
-    rules.py:96-124); epsilon 0 is LRP-0, a larger epsilon absorbs weak, contradictory
-    relevance."""
+    """LRP-epsilon (Bach et al., PLoS ONE 2015) on every conv and dense layer.
+
+    R_x = x * W'^T (R / stab_eps(z)) (zennit rules.py:96-124); epsilon 0 is LRP-0, a larger
+    epsilon absorbs weak, contradictory relevance."""
 
     def __init__(self, model, epsilon: float = 1e-6, chunk_size: int | None = None):
         super().__init__(model, "epsilon", epsilon=epsilon, chunk_size=chunk_size)
@@ -196,7 +199,9 @@ class LRPEpsilon(LRP):
 @register("lrp_gamma", title="LRP-gamma", family="propagation", cost="fast", signed=True, options=(GAMMA,),
           reference=REF.format("Gamma"), paper=PAPER)
 class LRPGamma(LRP):
-    """The generalised LRP-gamma rule on every conv and dense layer (zennit rules.py:127-187)."""
+    """LRP-gamma (Montavon et al. 2019, "Layer-wise relevance propagation: an overview") on
+    every conv and dense layer, zennit's generalised form for inputs of both signs
+    (rules.py:127-187)."""
 
     def __init__(self, model, gamma: float = 0.25, chunk_size: int | None = None):
         super().__init__(model, "gamma", gamma=gamma, chunk_size=chunk_size)
@@ -205,7 +210,8 @@ class LRPGamma(LRP):
 @register("lrp_alpha_beta", title="LRP-alpha-beta", family="propagation", cost="fast", signed=True,
           options=(ALPHA, BETA), reference=REF.format("AlphaBeta"), paper=PAPER)
 class LRPAlphaBeta(LRP):
-    """LRP-alpha-beta on every conv and dense layer (zennit rules.py:221-281), alpha - beta = 1."""
+    """LRP-alpha-beta (Bach et al., PLoS ONE 2015) on every conv and dense layer
+    (zennit rules.py:221-281), alpha - beta = 1."""
 
     def __init__(self, model, alpha: float = 2.0, beta: float = 1.0, chunk_size: int | None = None):
         super().__init__(model, "alpha_beta", alpha=alpha, beta=beta, chunk_size=chunk_size)
@@ -214,7 +220,8 @@ class LRPAlphaBeta(LRP):
 @register("lrp_epsilon_plus", title="LRP EpsilonPlus", family="propagation", cost="fast", signed=True,
           options=(EPSILON,), reference=REF.format("EpsilonPlus"), paper=PAPER)
 class LRPEpsilonPlus(LRP):
-    """zennit's EpsilonPlus composite (composites.py:306-337): z+ on convs, epsilon on dense layers."""
+    """LRP EpsilonPlus (Kohlbrenner et al., IJCNN 2020, arXiv:1910.09840): z+ on convs, epsilon
+    on dense layers, as zennit's composite (composites.py:306-337)."""
 
     def __init__(self, model, epsilon: float = 1e-6, chunk_size: int | None = None):
         super().__init__(model, "epsilon_plus", epsilon=epsilon, chunk_size=chunk_size)
@@ -223,8 +230,9 @@ class LRPEpsilonPlus(LRP):
 @register("lrp_epsilon_gamma_box", title="LRP EpsilonGammaBox", family="propagation", cost="fast", signed=True,
           options=(EPSILON, GAMMA, LOW, HIGH), reference=REF.format("EpsilonGammaBox"), paper=PAPER)
 class LRPEpsilonGammaBox(LRP):
-    """zennit's EpsilonGammaBox composite (composites.py:248-303): z^B on the first conv (``low``,
-    ``high`` in the model's input space), gamma on the other convs, epsilon on dense layers."""
+    """LRP EpsilonGammaBox (Montavon et al. 2019, "Layer-wise relevance propagation: an
+    overview"): z^B on the first conv (``low``, ``high`` in the model's input space), gamma
+    on the other convs, epsilon on dense layers, as zennit's composite (composites.py:248-303)."""
 
     def __init__(self, model, epsilon: float = 1e-6, gamma: float = 0.25, low=None, high=None,
                  chunk_size: int | None = None):
@@ -235,8 +243,9 @@ class LRPEpsilonGammaBox(LRP):
 @register("lrp_epsilon_plus_flat", title="LRP EpsilonPlusFlat", family="propagation", cost="fast", signed=True,
           options=(EPSILON,), reference=REF.format("EpsilonPlusFlat"), paper=PAPER)
 class LRPEpsilonPlusFlat(LRP):
-    """zennit's EpsilonPlusFlat composite (composites.py:378-419): flat on the first layer, z+
-    on the other convs, epsilon on dense layers."""
+    """LRP EpsilonPlusFlat (Lapuschkin et al., Nat. Commun. 2019, arXiv:1902.10178, the flat
+    rule): flat on the first layer, z+ on the other convs, epsilon on dense layers, as
+    zennit's composite (composites.py:378-419)."""
 
     def __init__(self, model, epsilon: float = 1e-6, chunk_size: int | None = None):
         super().__init__(model, "epsilon_plus_flat", epsilon=epsilon, chunk_size=chunk_size)
