@@ -178,6 +178,22 @@ def test_batchnorm_with_negative_scales_is_merged_as_a_canonizer_would(residual,
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
 
 
+def test_epsilon_rule_by_hand_where_the_logit_is_negative():
+    """One dense layer z = W x + b and a target whose z < 0: R_x = x W[:, t] / (z - eps)
+    (zennit's stabiliser takes z's sign, core.py:89-115)."""
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(12, 3)).astype(np.float32)
+    b = np.array([-3.0, 0.5, -2.0], np.float32)
+    x = rng.uniform(size=(2, 2, 2, 3)).astype(np.float32)
+    xf = x.reshape(2, -1)
+    z = xf @ w + b
+    targets = [int(np.argmin(z[i])) for i in range(2)]
+    assert all(z[i, t] < -0.5 for i, t in enumerate(targets))
+    maps = X.LRPEpsilon(lambda v: v.reshape(len(v), -1) @ w + b, epsilon=0.5).attribute(None, None, x, targets)
+    expected = [xf[i] * w[:, t] / (z[i, t] - 0.5) for i, t in enumerate(targets)]
+    np.testing.assert_allclose(maps, np.asarray(expected).reshape(2, 2, 2, 3).sum(-1), rtol=1e-5, atol=1e-7)
+
+
 def test_flat_and_box_rules_by_hand():
     """One dense layer z = W x + b: Flat spreads R / (number of inputs) over every input,
     whatever W and x; z^B is R (x W - l W+ - h W-) / (z - l W+ - h W- - b+ - b-) ... with b's parts."""
