@@ -15,6 +15,20 @@ the composite's hooks) in batches of ``--batch-size``; the predicted class is a 
 forward pass per batch inside the timed region (bench_xai.run_torch_method), as Captum's is
 in bench_xai.py. Ours: ``attribute(params, batch_stats, images)`` after an untimed warm-up on
 ``min(N, chunk_size)`` images, which compiles the timed shapes (bench_xai.py's "Timing").
+
+Measured 2026-12-03 on this project's 2-core AMD EPYC (shared with other jobs: load 1.3-7),
+200 shipped sample digits, pretrained/ weights, torch 2 threads, batch 100 (maps/s):
+
+    method                 ours   zennit  ratio   (Captum LRP-epsilon: 44.4, ours 7.8x)
+    lrp_epsilon            347    46.8    7.4x
+    lrp_gamma              93.9   19.8    4.7x
+    lrp_alpha_beta         122    146     0.8x
+    lrp_epsilon_plus       97.0   37.3    2.6x
+    lrp_epsilon_gamma_box  95.2   22.8    4.2x
+    lrp_epsilon_plus_flat  107    35.3    3.0x
+
+(zennit's alpha-beta row beating its own z+ row, which does half the work, suggests that run
+was disturbed; not re-measured.)
 """
 from __future__ import annotations
 
