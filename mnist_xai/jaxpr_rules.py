@@ -42,6 +42,7 @@ class Eqn:
     ins: list  # keys of the operands' values
     outs: list  # keys of the results
     live: tuple  # which operands depend on the input (and are floating point)
+    scope: str = ""  # the jax name stack it was traced under (flax.linen: the module path)
 
     @property
     def name(self) -> str:
@@ -72,7 +73,7 @@ def _inexact(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _record(trace: Trace, jaxpr, consts, in_keys, worlds: int) -> list:
+def _record(trace: Trace, jaxpr, consts, in_keys, worlds: int, scope: str = "") -> list:
     env = {}
     for v, c in zip(jaxpr.constvars, consts):
         env[v] = trace.new([c] * worlds, concrete=c if isinstance(c, (np.ndarray, np.generic)) else None)
@@ -87,10 +88,11 @@ def _record(trace: Trace, jaxpr, consts, in_keys, worlds: int) -> list:
     for eqn in jaxpr.eqns:
         keys = [key_of(a) for a in eqn.invars]
         name = eqn.primitive.name
+        where = "/".join(p for p in (scope, str(eqn.source_info.name_stack)) if p)
         if name in CALLS and CALLS[name] in eqn.params:
             sub = eqn.params[CALLS[name]]
             sub_jaxpr, sub_consts = (sub.jaxpr, sub.consts) if isinstance(sub, jcore.ClosedJaxpr) else (sub, ())
-            outs = _record(trace, sub_jaxpr, sub_consts, keys, worlds)
+            outs = _record(trace, sub_jaxpr, sub_consts, keys, worlds, where)
             for v, k in zip(eqn.outvars, outs):
                 env[v] = k
             continue
@@ -105,7 +107,7 @@ def _record(trace: Trace, jaxpr, consts, in_keys, worlds: int) -> list:
         for v, k in zip(eqn.outvars, out_keys):
             env[v] = k
         if any(live):
-            trace.tape.append(Eqn(eqn.primitive, eqn.params, keys, out_keys, live))
+            trace.tape.append(Eqn(eqn.primitive, eqn.params, keys, out_keys, live, where))
     return [key_of(a) for a in jaxpr.outvars]
 
 
@@ -199,6 +201,9 @@ class Rules:
 
     name: str
     choose: Callable = lambda eqn, trace: None
+    #: ``prepare(trace, input key, output key)``, run once after the forward pass: may rewrite
+    #: ``trace.tape`` (LRP fuses each linear layer with its bias and BatchNorm into one equation).
+    prepare: Callable | None = None
 
     def rule(self, eqn: Eqn, trace: Trace):
         chosen = self.choose(eqn, trace)
@@ -229,9 +234,15 @@ def _zeros_like(v):
 
 
 def propagate(fn: Callable, worlds: list, out_cotangents: list, rules: Rules):
-    """Back-propagate ``out_cotangents`` (one per world, shaped as ``fn``'s output) through ``fn``
-    with ``rules``: the cotangent of the input in each world, and ``fn``'s output in each world."""
+    """Back-propagate ``out_cotangents`` (one per world, shaped as ``fn``'s output; or a function
+    of ``fn``'s outputs in each world that returns them, so the forward pass is not run twice to
+    pick the targets) through ``fn`` with ``rules``: the cotangent of the input in each world,
+    and ``fn``'s output in each world."""
     trace, x, out = forward(fn, worlds)
+    if callable(out_cotangents):
+        out_cotangents = out_cotangents(trace.values[out])
+    if rules.prepare is not None:
+        rules.prepare(trace, x, out)
     cts = {out: list(out_cotangents)}
     for eqn in reversed(trace.tape):
         incoming = [cts.pop(k, None) for k in eqn.outs]

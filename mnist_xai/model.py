@@ -29,6 +29,7 @@ always seen as NHWC (N, h, w, C): a channels-first model's activations are trans
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -127,16 +128,23 @@ def _haiku_name(transformed) -> str:
     return "hk_transform" if name == "<lambda>" else name
 
 
+_NO_SCOPE = contextlib.nullcontext()
+
+
 class _Hooked:
     """Stands in for a submodule in a copy of the model: calls it and hands its output to
     ``hook(name, output)``, which may return a changed output. Everything else (attributes,
     items) is the submodule's."""
 
-    def __init__(self, inner, name: str, hook: Callable):
-        self.inner, self.name, self.hook = inner, name, hook
+    def __init__(self, inner, name: str, hook: Callable, scope: Callable | None = None):
+        self.inner, self.name, self.hook, self.scope = inner, name, hook, scope
 
     def __call__(self, *args, **kwargs):
-        return self.hook(self.name, self.inner(*args, **kwargs))
+        if self.scope is None:
+            return self.hook(self.name, self.inner(*args, **kwargs))
+        with self.scope(self.name):
+            out = self.inner(*args, **kwargs)
+        return self.hook(self.name, out)
 
     def __getattr__(self, attr):
         return getattr(self.inner, attr)
@@ -323,11 +331,16 @@ class ExplainedModel:
 
     # -- traced
 
-    def _forward(self, variables, x, hook=None, only: str | None = None):
+    def _forward(self, variables, x, hook=None, only: str | None = None, scope: Callable | None = None):
         """The model on ``x`` (in its own layout, one image or a batch as it takes them), with
         ``hook(name, output) -> output`` on each submodule's ``__call__`` (only ``only``'s,
-        where given and the family wraps submodules one by one)."""
+        where given and the family wraps submodules one by one), and each such call traced
+        inside the context ``scope(name)`` where given (LRP's rules by layer path: a
+        ``jax.named_scope`` that the traced equations keep)."""
         kw = self.call_kwargs
+        if scope is not None and hook is None:
+            hook = lambda name, out: out  # noqa: E731
+        enter = scope if scope is not None else (lambda name: _NO_SCOPE)
         if self.family == "function":
             return self.fn(x)
         if self.family == "linen":
@@ -335,10 +348,12 @@ class ExplainedModel:
                 return self.module.apply(variables, x, **kw)
 
             def interceptor(next_fun, args, kwargs, context):
-                out = next_fun(*args, **kwargs)
                 if context.method_name == "__call__" and context.module.path:
-                    out = hook("/".join(context.module.path), out)
-                return out
+                    name = "/".join(context.module.path)
+                    with enter(name):
+                        out = next_fun(*args, **kwargs)
+                    return hook(name, out)
+                return next_fun(*args, **kwargs)
 
             with nn.intercept_methods(interceptor):
                 return self.module.apply(variables, x, **kw)
@@ -354,10 +369,11 @@ class ExplainedModel:
                 return run()
 
             def interceptor(next_fun, args, kwargs, context):
-                out = next_fun(*args, **kwargs)
                 if context.method_name == "__call__":
-                    out = hook(context.module.module_name, out)
-                return out
+                    with enter(context.module.module_name):
+                        out = next_fun(*args, **kwargs)
+                    return hook(context.module.module_name, out)
+                return next_fun(*args, **kwargs)
 
             with hk.intercept_methods(interceptor):
                 return run()
@@ -369,7 +385,7 @@ class ExplainedModel:
                 subs = [(p, s) for p, s in nnx.iter_modules(m) if p and (only is None or _dotted(p) == only)]
                 for path, sub in sorted(subs, key=lambda ps: -len(ps[0])):  # the deepest first
                     parent = functools.reduce(_child, path[:-1], m)
-                    wrapped = _Hooked(sub, _dotted(path), hook)
+                    wrapped = _Hooked(sub, _dotted(path), hook, scope)
                     if isinstance(path[-1], int):
                         parent[path[-1]] = wrapped
                     else:
@@ -383,7 +399,7 @@ class ExplainedModel:
             paths = [p for p, _ in _equinox_submodules(m) if only is None or _dotted(p) == only]
             for path in sorted(paths, key=len, reverse=True):  # the deepest first, each with its hooked children
                 where = functools.partial(lambda path, t: functools.reduce(_child, path, t), path)
-                m = eqx.tree_at(where, m, _Hooked(where(m), _dotted(path), hook))
+                m = eqx.tree_at(where, m, _Hooked(where(m), _dotted(path), hook, scope))
         return m(x, **kw) if state is None else m(x, state, **kw)[0]
 
     def _to_model(self, x):
@@ -403,6 +419,13 @@ class ExplainedModel:
 
     def logits(self, variables, images):
         return self._run(lambda x: self._forward(variables, self._to_model(x)), images)
+
+    def scoped_logits(self, variables, images, scope: Callable):
+        """``logits``, with every submodule's call traced inside ``scope(name)`` (a function
+        only for a plain function, which has no submodules)."""
+        if self.family == "function":
+            return self.logits(variables, images)
+        return self._run(lambda x: self._forward(variables, self._to_model(x), scope=scope), images)
 
     def canonical(self, layer: str) -> str:
         """A layer's name as the model's family writes it ("a.b" for nnx/Equinox, "a/b" for linen)."""
