@@ -2,7 +2,13 @@
 
     pip install -r requirements-bench.txt   # torch 2.13.0 (CPU build) + captum
     python benchmarks/bench_xai.py --num-images 1000 --json outputs/bench_xai.json
-    /work/refvenv/bin/python benchmarks/bench_xai.py ...   # every reference: the venv of requirements-reference.txt
+
+    # every reference (Captum, pytorch-grad-cam, PAIR saliency), one command, in the reference venv
+    # (requirements-reference.txt + saliency==0.2.1 scikit-image scikit-learn, e.g. /tmp/refvenv):
+    REFVENV/bin/python benchmarks/bench_xai.py --data-dir DIR --num-images 200 --captum-max-images 50 \
+        --slow-max-images 8 --json outputs/bench_xai.json
+
+In a venv without grad-cam or saliency their rows say "not run" and the rest still runs.
 
 Prints a markdown table: one row per registered method (``mnist_xai.registry.SPECS``; the LRP
 rules, which ``bench_lrp.py`` times, aside), with

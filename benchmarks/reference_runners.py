@@ -160,7 +160,7 @@ class InjectedNoise:
     def __init__(self, z_nhwc):
         import torch
 
-        self.z = torch.from_numpy(np.ascontiguousarray(np.asarray(z_nhwc, np.float32).transpose(0, 3, 1, 2)))
+        self.z = torch.from_numpy(np.array(np.asarray(z_nhwc, np.float32).transpose(0, 3, 1, 2)))  # a writable copy
         self.offset = 0
 
     def reset(self):
