@@ -3,6 +3,8 @@
     python demo_mnist_xai.py                                   # runs from a fresh clone, offline
     python demo_mnist_xai.py --data-dir DIR                    # all 10,000 test digits (DIR: IDX files)
     python demo_mnist_xai.py --checkpoint pretrained --out outputs/demo2 --num-images 100
+    python demo_mnist_xai.py --methods hirescam,deeplift,kernel_shap --num-images 100 --out outputs/demo3
+    python demo_mnist_xai.py --list-methods                    # the registered names, families and costs
 
 Checkpoint: --checkpoint if given, else checkpoints/ when a training run there has saved a
 step, else the shipped pretrained/. Data: --data-dir if given, else $MNIST_DATA_DIR, else a
@@ -16,8 +18,11 @@ softmax(logits / T) with the temperature the checkpoint stores (calibrated on th
 split; plain softmax, said so in the report, without one); the maps use the logits. Writes into --out (default outputs/demo: a new
 folder, or one holding a previous demo's output and nothing else):
 
-    gallery.png             digit | GradCAM | saliency | Integrated Gradients | SmoothGrad
-    class_average_maps.png  per class: mean digit, mean GradCAM, mean saliency
+    gallery.png             digit | one column per method of --methods (default GradCAM | saliency |
+                            Integrated Gradients | SmoothGrad); signed maps shown as |map|
+    class_average_maps.png  per class: mean digit, then the mean map of each "fast" method of
+                            --methods (one pass over every digit; default GradCAM and saliency,
+                            which are also the pair used when --methods names no fast method)
     confusion_matrix.png    the test-set confusion matrix
     contrastive.png         each most-confused pair: GradCAM for the true vs the predicted class
     misclassified.png       misclassified digits with label, prediction and confidence
@@ -43,6 +48,14 @@ if __name__ == "__main__":
 
 DEFAULT_OUT = Path("outputs") / "demo"
 AUC_IMAGES = 100  # digits used for the deletion AUC shown beside each method's name
+SLOW_AUC_IMAGES = 10  # the same for a method the registry calls "slow" (seconds a digit on a CPU)
+#: the gallery's columns without --methods (the demo's four since its first version)
+DEFAULT_METHODS = ("gradcam", "saliency", "integrated_gradients", "smoothgrad")
+#: column labels of the default methods, as the report and summary.json have always named them
+LABELS = {"gradcam": "GradCAM", "saliency": "saliency", "integrated_gradients": "Integrated Gradients",
+          "smoothgrad": "SmoothGrad"}
+SHORT = {"integrated_gradients": "IG"}
+AVERAGE_FALLBACK = ("gradcam", "saliency")  # class averages when --methods names no fast method
 CONTRAST_EXAMPLES = 3  # misclassified digits shown per confused pair
 GUESSED_PAIRS = ((4, 9), (3, 8), (5, 6))  # the pairs the original request expected to be confused
 FIGURES = ("gallery.png", "class_average_maps.png", "confusion_matrix.png", "contrastive.png",
@@ -114,11 +127,27 @@ def contrastive_figure(images, conf, pairs, examples, true_maps, pred_maps, name
     return fig
 
 
+def method_label(name: str) -> str:
+    """A method's column label: the demo's historical names for its four, else the registry's title."""
+    if name in LABELS:
+        return LABELS[name]
+    import mnist_xai_visualizations as X  # registers every method
+    return X.SPECS[name].title
+
+
+def shown_map(spec, maps):
+    """Maps as the figures show them: |map| for a signed method (as |IG| always was), each scaled to [0, 1]."""
+    import mnist_xai_visualizations as X
+    return np.asarray(X.normalize_maps(np.abs(maps) if spec.is_signed() else maps))
+
+
 def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, checkpoint: str | None,
-             data_name: str, progress: bool = True, chunk: int = 500) -> dict:
+             data_name: str, progress: bool = True, chunk: int = 500, methods=DEFAULT_METHODS) -> dict:
     """Explain ``images_u8`` (N, 28, 28, 1) with the checkpoint's model; write ``OUTPUT_FILES``
     into ``out`` (figures on matplotlib Figures of their own: no pyplot, no backend chosen).
-    ``checkpoint`` None: the shipped pretrained/.
+    ``checkpoint`` None: the shipped pretrained/. ``methods``: registered names, the gallery's
+    columns (each with its deletion AUC; default options, key PRNGKey(0)); the "fast" ones
+    also get a class-average row (GradCAM and saliency when none is fast).
 
     Classes are named by the checkpoint's class names; the confidences drawn and reported are
     the checkpoint's calibrated probabilities, softmax(logits / T), or plain softmax when it
@@ -130,7 +159,12 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     import mnist_xai_visualizations as X
     from mnist_checkpoint import checkpoint_info, describe, load_checkpoint
     from mnist_data import CREDITS, DISPLAY_NAMES
+    from mnist_xai.registry import spec as method_spec
 
+    methods = list(dict.fromkeys(methods))
+    specs = {m: method_spec(m) for m in methods}  # unknown names: one ValueError line, before any work
+    averaged = [m for m in methods if specs[m].cost == "fast"] or list(AVERAGE_FALLBACK)
+    specs.update({m: method_spec(m) for m in averaged})
     params, batch_stats, model, meta = load_checkpoint(checkpoint)
     info = checkpoint_info(meta)
     checkpoint_text = describe(checkpoint, meta)
@@ -145,49 +179,55 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     images = images_u8.astype(np.float32) / 255.0
     n = len(images)
 
-    # One pass over the test set: predictions, GradCAM and saliency for every image.
+    # One pass over the test set: predictions, GradCAM and saliency for every image (and the
+    # other fast methods of ``methods``, for their class averages).
     gradcam, saliency = X.GradCAM(model, chunk_size=chunk), X.Saliency(model, chunk_size=chunk)
-    cams, sals, logits = [], [], []
+    explainers = {"gradcam": gradcam, "saliency": saliency}
+    for m in methods:
+        explainers.setdefault(m, X.make_explainer(m, model))
+    full = {m: [] for m in dict.fromkeys(["gradcam", "saliency", *averaged])}  # every image's shown map
+    logits = []
     t0 = time.perf_counter()
     for start in tqdm(range(0, n, chunk), desc="explaining test set", unit="batch", disable=not progress,
                       file=sys.stdout):
         x = images[start:start + chunk]
         m, lg = gradcam.attribute(params, batch_stats, x, return_logits=True)
-        cams.append(np.asarray(X.normalize_maps(m)))
-        sals.append(np.asarray(X.normalize_maps(saliency.attribute(params, batch_stats, x))))
+        full["gradcam"].append(np.asarray(X.normalize_maps(m)))
+        for name in full:
+            if name != "gradcam":
+                full[name].append(shown_map(specs.get(name) or method_spec(name),
+                                            explainers[name].attribute(params, batch_stats, x)))
         logits.append(lg)
-    cams, sals, logits = np.concatenate(cams), np.concatenate(sals), np.concatenate(logits)
+    full = {k: np.concatenate(v) for k, v in full.items()}
+    cams, sals, logits = full["gradcam"], full["saliency"], np.concatenate(logits)
     pass_seconds = time.perf_counter() - t0
     preds = logits.argmax(-1)
     conf = info.probabilities(logits).max(-1)  # calibrated when the checkpoint stores T
     correct = preds == labels
     accuracy = float(correct.mean())
 
-    # 1. Gallery: one correctly classified digit per class, four methods.
-    ig, sg = X.IntegratedGradients(model), X.SmoothGrad(model)
+    # 1. Gallery: one correctly classified digit per class, a column per method.
     pick = [int(np.flatnonzero((labels == c) & correct)[0]) for c in range(10)
             if np.any((labels == c) & correct)]
     # Deletion AUC (mnist_xai_metrics; lower = more faithful) of each method on the first
-    # AUC_IMAGES digits, shown beside its name.
+    # AUC_IMAGES digits (SLOW_AUC_IMAGES for a slow method), shown beside its name.
     from mnist_xai_metrics import deletion_insertion
     sub = slice(0, min(AUC_IMAGES, n))
-    explainers = {"GradCAM": gradcam, "saliency": saliency, "Integrated Gradients": ig, "SmoothGrad": sg}
-    deletion_auc = {}
-    for name, explainer in explainers.items():
-        maps = explainer.attribute(params, batch_stats, images[sub], preds[sub])
-        if name == "Integrated Gradients":
+    deletion_auc, auc_images = {}, {}
+    for name in methods:
+        k = min(SLOW_AUC_IMAGES if specs[name].cost == "slow" else AUC_IMAGES, n)
+        maps = explainers[name].attribute(params, batch_stats, images[:k], preds[:k])
+        if specs[name].is_signed():
             maps = np.abs(maps)
-        deletion_auc[name] = float(deletion_insertion(model, params, batch_stats, images[sub], maps, preds[sub],
-                                                      temperature=info.temperature or 1.0)["deletion_auc"].mean())
+        label = method_label(name)
+        deletion_auc[label] = float(deletion_insertion(model, params, batch_stats, images[:k], maps, preds[:k],
+                                                       temperature=info.temperature or 1.0)["deletion_auc"].mean())
+        auc_images[label] = k
     no_gallery = [names[c] for c in range(10) if not np.any((labels == c) & correct)]
     if pick:
         xg = images[pick]
-        method_maps = {
-            "GradCAM": cams[pick],
-            "saliency": sals[pick],
-            "Integrated Gradients": np.asarray(X.normalize_maps(np.abs(ig.attribute(params, batch_stats, xg)))),
-            "SmoothGrad": np.asarray(X.normalize_maps(sg.attribute(params, batch_stats, xg))),
-        }
+        method_maps = {method_label(m): full[m][pick] if m in full else
+                       shown_map(specs[m], explainers[m].attribute(params, batch_stats, xg)) for m in methods}
         # Each shown digit's own deletion AUC under its map (the means over AUC_IMAGES digits are in the report).
         digit_auc = {k: deletion_insertion(model, params, batch_stats, xg, v, preds[pick],
                                            temperature=info.temperature or 1.0)["deletion_auc"]
@@ -203,7 +243,9 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
         if not mnist:
             fig.axes[0].set_title(noun, fontsize=8)
         missing = f"; no correctly classified {noun} of class {', '.join(no_gallery)}" if no_gallery else ""
-        fig.suptitle(f"Correctly classified {noun}s, one per class (|IG| shown); under each map: that {noun}'s "
+        signed = [SHORT.get(m) or method_label(m) for m in methods if specs[m].is_signed()]
+        shown = f" ({', '.join(f'|{s}|' for s in signed)} shown)" if signed else ""
+        fig.suptitle(f"Correctly classified {noun}s, one per class{shown}; under each map: that {noun}'s "
                      f"deletion AUC (lower: more faithful){missing}\ncheckpoint: {checkpoint_text}", fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 0.96))
     else:  # a weak checkpoint on a few digits
@@ -211,12 +253,14 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
     _save(fig, out / "gallery.png")
 
     # 2. Class-average maps: where does the model look, on average, for each digit?
-    fig = _figure(figsize=(15, 5.2))
-    axes = fig.subplots(3, 10)
+    rows = [(images[..., 0], "gray")] + [(full[m], "hot" if m == "saliency" or specs[m].family != "cam" else "jet")
+                                         for m in averaged]
+    fig = _figure(figsize=(15, 5.2 * len(rows) / 3))
+    axes = fig.subplots(len(rows), 10)
     never_predicted = [names[c] for c in range(10) if not np.any(preds == c)]
     for c in range(10):
         sel = preds == c  # by predicted class: what the model looks at when it says c
-        for r, (arr, cmap) in enumerate(((images[..., 0], "gray"), (cams, "jet"), (sals, "hot"))):
+        for r, (arr, cmap) in enumerate(rows):
             ax = axes[r, c]
             if sel.any():
                 ax.imshow(arr[sel].mean(0), cmap=cmap, vmin=0, vmax=None if r else 1)
@@ -225,7 +269,7 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0, c].set_title(f"predicted {names[c]} (n={int(sel.sum())})", fontsize=8)
-    for ax, name in zip(axes[:, 0], (f"mean {noun}", "mean GradCAM", "mean saliency")):
+    for ax, name in zip(axes[:, 0], (f"mean {noun}", *(f"mean {method_label(m)}" for m in averaged))):
         ax.set_ylabel(name)
     fig.suptitle(f"Average maps per predicted class over {n} test {noun}s\ncheckpoint: {checkpoint_text}", fontsize=10)
     fig.tight_layout()
@@ -288,7 +332,8 @@ def run_demo(images_u8: np.ndarray, labels: np.ndarray, out: str | os.PathLike, 
                                   "among_top": any({t, p} == {a, b} for t, p, _ in pairs)}
                                  for a, b in (GUESSED_PAIRS if mnist else ())],  # MNIST's digits' guesses
                "explain_pass_seconds": pass_seconds, "deletion_auc": deletion_auc,
-               "deletion_auc_images": sub.stop,
+               "deletion_auc_images": sub.stop, "deletion_auc_images_per_method": auc_images,
+               "methods": methods, "class_average_methods": averaged,
                "checkpoint": checkpoint_text, "checkpoint_epoch": meta.get("epoch"),
                "never_predicted": never_predicted, "no_correct_example": no_gallery,
                "dataset": info.dataset, "dataset_name": DISPLAY_NAMES[info.dataset], "credit": CREDITS[info.dataset],
@@ -325,7 +370,13 @@ def write_report(out: Path, s: dict) -> None:
     missing_avg = (f"\nNever predicted, so no average: class {', '.join(s['never_predicted'])}."
                    if s.get("never_predicted") else "")
     guessed = f"- The pairs guessed to be confused, counted both ways: {guesses}\n" if s["guessed_pairs"] else ""
+    per_method = s.get("deletion_auc_images_per_method") or {}
+    auc_text = ", ".join(f"{k} {v:.3f}" + (f" (first {per_method[k]} only: a slow method)"
+                                           if per_method.get(k, s["deletion_auc_images"]) < s["deletion_auc_images"]
+                                           else "") for k, v in s["deletion_auc"].items())
     probabilities = f"- Confidences shown: {s['probabilities']}\n" if s.get("probabilities") else ""
+    avg = [f"mean {method_label(m)}" for m in s.get("class_average_methods", AVERAGE_FALLBACK)]
+    averages = ", ".join(avg[:-1]) + f" and {avg[-1]}" if len(avg) > 1 else avg[0]
     text = f"""# {s.get('dataset_name', 'MNIST')} CNN explanations
 
 - Checkpoint: {s['checkpoint']} (epoch {s['checkpoint_epoch']})
@@ -337,13 +388,13 @@ def write_report(out: Path, s: dict) -> None:
 ## Gallery: correctly classified {noun}s
 One correctly classified {noun} per class; under each map, that {noun}'s deletion AUC. Mean deletion AUC
 (lower is more faithful) over the first {s['deletion_auc_images']} {noun}s:
-{", ".join(f"{k} {v:.3f}" for k, v in s['deletion_auc'].items())}.{missing_gallery}
+{auc_text}.{missing_gallery}
 Full faithfulness table: `python evaluate_xai.py`.
 
 ![gallery](gallery.png)
 
 ## Class-average maps
-Mean {noun}, mean GradCAM and mean saliency per predicted class (maps scaled to [0, 1] per image first).{missing_avg}
+Mean {noun}, {averages} per predicted class (maps scaled to [0, 1] per image first).{missing_avg}
 {where}![class averages](class_average_maps.png)
 
 ## Confusion matrix
@@ -380,11 +431,29 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
                         help="output folder: new, or a previous demo's output (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="NAMES",
+                        help="the gallery's methods: comma-separated registered names, families (cam, gradient, "
+                             "path, perturbation, propagation) or 'all'; --list-methods lists them "
+                             "(default: %(default)s)")
+    parser.add_argument("--list-methods", action="store_true",
+                        help="print every registered method (name, family, cost, title) and exit")
     args = parser.parse_args(argv)
     if args.num_images is not None and args.num_images < 1:
         parser.error(f"--num-images: expected a positive integer, got {args.num_images}")
     if args.tfds and args.data_dir:
         parser.error("--tfds and --data-dir are alternatives; give one")
+
+    import mnist_xai_visualizations as X
+
+    if args.list_methods:
+        for name in X.method_names():
+            sp = X.SPECS[name]
+            print(f"{name:22s} {sp.family:13s} {sp.cost:7s} {sp.title}")
+        return 0
+    try:
+        methods = X.parse_method_list(args.methods)  # names once each, in order
+    except ValueError as e:
+        parser.error(f"--{e}")
 
     from mnist_checkpoint import check_output_folder, default_checkpoint, read_info
 
@@ -404,7 +473,8 @@ def main(argv=None) -> int:
         if args.num_images < len(split):
             name = f"the first {args.num_images} {'digits' if dataset == 'mnist' else 'images'} of {name}"
         split = split.take(args.num_images)
-    summary = run_demo(split.images, split.labels, args.out, checkpoint, name, progress=not args.no_progress)
+    summary = run_demo(split.images, split.labels, args.out, checkpoint, name, progress=not args.no_progress,
+                       methods=methods)
     if summary.get("probabilities"):
         print(f"confidences: {summary['probabilities']}")
     print(f"accuracy {100 * summary['accuracy']:.2f}% on {summary['num_images']} {'digits' if dataset == 'mnist' else 'images'}; "

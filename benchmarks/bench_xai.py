@@ -3,7 +3,15 @@
     pip install -r requirements-bench.txt   # torch 2.13.0 (CPU build) + captum
     python benchmarks/bench_xai.py --num-images 1000 --json outputs/bench_xai.json
 
-Prints a markdown table: one row per method of ``mnist_xai_visualizations.METHODS``, with
+    # every reference (Captum, pytorch-grad-cam, PAIR saliency), one command, in the reference venv
+    # (requirements-reference.txt + saliency==0.2.1 scikit-image scikit-learn, e.g. /tmp/refvenv):
+    REFVENV/bin/python benchmarks/bench_xai.py --data-dir DIR --num-images 200 --captum-max-images 50 \
+        --slow-max-images 8 --json outputs/bench_xai.json
+
+In a venv without grad-cam or saliency their rows say "not run" and the rest still runs.
+
+Prints a markdown table: one row per registered method (``mnist_xai.registry.SPECS``; the LRP
+rules, which ``bench_lrp.py`` times, aside), with
 our maps/s, Captum's maps/s on the same weights, the ratio ours/Captum, the parameters
 each side ran with, and how closely the two sides' maps agree on the images both explained.
 
@@ -47,6 +55,15 @@ What is compared
   pair ``torch==2.14.1 torchvision==0.29.1`` (5.5 GB, CPU use is fine), so its rows come from
   a separate venv (see README_MNIST_XAI.md). Its maps are min-max scaled per image and
   resized with OpenCV, so only the r column compares them with ours.
+
+The methods added after these eight (HiResCAM ... XRAI, Feature Ablation ... RISE, Guided
+Backprop ... DeepLiftShap) take their reference from ``benchmarks/reference_runners.py`` (its
+docstring lists each call, its options and how both sides get the same random draws); they
+are timed on the SAME images on both sides: all ``--num-images`` for the registry's "fast"
+methods, the first ``--captum-max-images`` for its "medium" ones and the first
+``--slow-max-images`` for its "slow" ones. For the eight above, the SmoothGrad row now also
+feeds Captum our noise (``reference_runners.InjectedNoise``), so its max-diff column compares
+like with like.
 
 Timing
 ------
@@ -92,6 +109,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "benchmarks"))
 
 from cpu_devices import use_one_device_per_core  # noqa: E402
 
@@ -101,6 +119,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mnist_xai_visualizations as xai  # noqa: E402
+import reference_runners as refs  # noqa: E402
 from mnist_checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from mnist_cnn_model import MNIST_MEAN, MNIST_STD, initialize_model  # noqa: E402
 from mnist_data import load_sample_digits, load_test_split, resolve_data_dir  # noqa: E402
@@ -108,6 +127,11 @@ from mnist_data import load_sample_digits, load_test_split, resolve_data_dir  # 
 SLOW_CAPTUM = ("integrated_gradients", "smoothgrad", "occlusion", "scorecam")
 NO_COUNTERPART = ("gradcam++", "scorecam")
 GRAD_CAM_LIB = ("gradcam", "gradcam++", "scorecam")  # methods pytorch-grad-cam has
+FIRST_EIGHT = ("gradcam", "gradcam++", "scorecam", "saliency", "gradient_x_input", "integrated_gradients",
+               "smoothgrad", "occlusion")  # the methods with their own runners below
+#: every registered method this script times: the first eight and reference_runners.NEW (the
+#: LRP rules are bench_lrp.py's)
+BENCHED = tuple(m for m in xai.METHODS if m in FIRST_EIGHT or m in refs.NEW)
 LOGIT_TOLERANCE = 1e-3
 CAPTUM_WARMUP_IMAGES = 16
 
@@ -121,8 +145,8 @@ def parse_args(argv=None):
     p.add_argument("--num-images", type=int, default=1000, help="images to explain per method (default 1000)")
     p.add_argument("--data-dir", default=None,
                    help="MNIST IDX folder (default $MNIST_DATA_DIR; else the 200 shipped sample digits, repeated)")
-    p.add_argument("--methods", default=",".join(xai.METHODS),
-                   help=f"comma-separated subset of: {','.join(xai.METHODS)} (default all)")
+    p.add_argument("--methods", default=",".join(BENCHED),
+                   help=f"comma-separated subset of: {','.join(BENCHED)} (default all)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint workdir or step folder (default the shipped pretrained/)")
     p.add_argument("--torch-threads", type=int, default=os.cpu_count(),
@@ -131,6 +155,9 @@ def parse_args(argv=None):
     p.add_argument("--captum-max-images", type=int, default=200,
                    help=f"time the slow reference methods ({', '.join(SLOW_CAPTUM)}) on at most this many images "
                         "(default 200)")
+    p.add_argument("--slow-max-images", type=int, default=20,
+                   help="time the newer methods the registry calls 'slow' (Guided IG, XRAI, Shapley, KernelSHAP, "
+                        "LIME, RISE, ...) on at most this many images, on both sides (default 20)")
     p.add_argument("--captum-internal-batch", type=int, default=1000,
                    help="images per forward pass inside Captum's IG (internal_batch_size) and SmoothGrad "
                         "(nt_samples_batch_size = this / --batch-size) (default 1000)")
@@ -146,11 +173,11 @@ def parse_args(argv=None):
                    help="our images per compiled call for every method timed (default: each method's own)")
     args = p.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in xai.METHODS]
+    unknown = [m for m in args.methods if m not in BENCHED]
     if unknown or not args.methods:
-        p.error(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(xai.METHODS)}")
+        p.error(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(BENCHED)}")
     for name in ("num_images", "batch_size", "captum_max_images", "torch_threads", "occlusion_per_eval",
-                 "captum_internal_batch"):
+                 "captum_internal_batch", "slow_max_images"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     return args
@@ -279,9 +306,14 @@ def captum_runner(name, net, args):
     if name == "smoothgrad":
         m = ca.NoiseTunnel(ca.Saliency(net))
         per_pass = max(1, min(25, args.captum_internal_batch // args.batch_size))
-        return ((lambda x, t: m.attribute(x, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=per_pass,
-                                          stdevs=0.15, target=t, abs=True)),
-                f"NoiseTunnel(Saliency), nt_samples=25, stdevs=0.15, nt_samples_batch_size={per_pass}")
+        noise = refs.InjectedNoise(refs.our_draws_for("smoothgrad", args.refs_context))
+
+        def run(x, t):
+            noise.reset()
+            with noise.active():  # our 25 noise images (the same draws as ours)
+                return m.attribute(x, nt_type="smoothgrad", nt_samples=25, nt_samples_batch_size=per_pass,
+                                   stdevs=0.15, target=t, abs=True)
+        return run, f"NoiseTunnel(Saliency), nt_samples=25, stdevs=0.15, nt_samples_batch_size={per_pass}, our noise"
     if name == "occlusion":
         m = ca.Occlusion(net)
         return ((lambda x, t: m.attribute(x, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2), baselines=0.0,
@@ -337,6 +369,56 @@ def time_reference(run, net, images, batch_size):
 # ----------------------------------------------------------------------------- timing and table
 
 
+def time_ours(explainer, params, batch_stats, images):
+    """Untimed warm-up on min(N, chunk_size) images (compiles the timed shapes), then
+    ``(maps, seconds, warm-up images)`` for all of ``images``."""
+    warm = min(len(images), explainer.chunk_size)
+    explainer.attribute(params, batch_stats, images[:warm])
+    t0 = time.perf_counter()
+    ours = explainer.attribute(params, batch_stats, images)  # numpy: JAX work has finished
+    return ours, time.perf_counter() - t0, warm
+
+
+def newer_images(name, n, args):
+    """Images both sides time for a newer method: by the registry's cost class."""
+    cost = xai.METHODS[name].spec.cost
+    return {"fast": n, "medium": min(n, args.captum_max_images), "slow": min(n, args.slow_max_images)}[cost]
+
+
+def time_newer(name, model, params, batch_stats, images, net, twin, args):
+    """A method of reference_runners.NEW: ours and its reference on the same first m images."""
+    m = newer_images(name, len(images), args)
+    x = images[:m]
+    kw = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+    explainer = xai.METHODS[name](model, **refs.our_kwargs(name, args.refs_context), **kw)
+    ours, ours_s, warm = time_ours(explainer, params, batch_stats, x)
+    row = {"method": name, "ours_images": m, "ours_seconds": ours_s, "ours_maps_per_s": m / ours_s,
+           "ours_warmup_images": warm, "ours_parameters": refs.describe_ours(name, explainer),
+           "captum_images": None, "captum_seconds": None, "captum_maps_per_s": None,
+           "captum_parameters": None, "pearson_r": None, "max_rel_diff": None,
+           "library": refs.NEW[name].library or "none"}
+    if net is None or not refs.NEW[name].library:
+        return row
+    try:
+        run, row["captum_parameters"], _ = refs.reference_runner(name, net, args.refs_context, twin)
+    except ImportError as e:  # e.g. PAIR's saliency not installed
+        row["captum_parameters"] = f"not run: {e}"
+        return row
+    theirs, ref_s = time_reference(run, net, x, args.batch_size)
+    row.update(captum_images=m, captum_seconds=ref_s, captum_maps_per_s=m / ref_s)
+    row["pearson_r"], row["max_rel_diff"] = agreement(ours, theirs)
+    if row["library"] == "pytorch-grad-cam":
+        row["max_rel_diff"] = None  # its maps are min-max scaled and resized per image: only r compares
+    return row
+
+
+def progress_line(row):
+    ref = "" if row["captum_maps_per_s"] is None else f", {row.get('library', 'Captum')} {fmt_rate(row['captum_maps_per_s'])} maps/s"
+    if row.get("pgc_maps_per_s") is not None:
+        ref += f", pytorch-grad-cam {fmt_rate(row['pgc_maps_per_s'])} maps/s"
+    return f"ours {fmt_rate(row['ours_maps_per_s'])} maps/s ({row['ours_images']} images){ref}"
+
+
 def our_parameters(explainer):
     if isinstance(explainer, xai.IntegratedGradients):
         return f"steps={explainer.steps} (Gauss-Legendre), baseline 0"
@@ -367,10 +449,17 @@ def fmt_rate(x):
     return "—" if x is None else (f"{x:,.0f}" if x >= 100 else f"{x:.1f}")
 
 
+def _reference_cell(r):
+    if not r["captum_parameters"]:
+        return "—" if r.get("library") != "none" else "— (no library counterpart)"
+    lib = r.get("library", "Captum")
+    return r["captum_parameters"] if lib in ("pytorch-grad-cam",) else f"{lib}: {r['captum_parameters']}"
+
+
 def markdown_table(rows):
     with_lib = any(r.get("pgc_maps_per_s") is not None for r in rows)
-    head = ["method", "ours maps/s", "Captum maps/s", "ours/Captum", "images (ours / Captum)",
-            "ours: parameters", "Captum: parameters", "r(maps)", "max rel diff"]
+    head = ["method", "ours maps/s", "reference maps/s", "ours/reference", "images (ours / reference)",
+            "ours: parameters", "reference (library: call, parameters)", "r(maps)", "max rel diff"]
     if with_lib:
         head += ["pytorch-grad-cam maps/s (images)", "ours/pgc", "r(maps) pgc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
@@ -379,7 +468,7 @@ def markdown_table(rows):
         imgs = f"{r['ours_images']} / {r['captum_images'] if r['captum_images'] else '—'}"
         cells = [r["method"], fmt_rate(r["ours_maps_per_s"]), fmt_rate(r["captum_maps_per_s"]),
                  ratio(r["ours_maps_per_s"], r["captum_maps_per_s"]), imgs,
-                 r["ours_parameters"], r["captum_parameters"] or "—",
+                 r["ours_parameters"], _reference_cell(r),
                  "—" if r["pearson_r"] is None else f"{r['pearson_r']:.4f}",
                  "—" if r["max_rel_diff"] is None else f"{r['max_rel_diff']:.1e}"]
         if with_lib:
@@ -396,6 +485,9 @@ def main(argv=None):
     images, source = load_images(args.data_dir, args.num_images)
     params, batch_stats, model, weights = load_weights(args.checkpoint)
     n = len(images)
+    # image baselines of GradientSHAP / Expected Gradients: the last 8 shipped sample digits (not timed)
+    args.refs_context = refs.make_context(load_sample_digits().images[-refs.SHAP_BASELINES:].astype(np.float32) / 255.0,
+                                          args.batch_size, args.captum_internal_batch)
 
     torch = captum = None
     captum_note = None
@@ -443,6 +535,7 @@ def main(argv=None):
         "num_images": n,
         "captum_batch_size": args.batch_size,
         "captum_max_images": args.captum_max_images,
+        "slow_max_images": args.slow_max_images,
         "tie_splitting_pool": args.tie_splitting_pool,
     }
     print(f"# XAI throughput: ours (JAX/Flax) vs Captum (PyTorch), same CNN, {jax.devices()[0].device_kind}\n")
@@ -454,7 +547,8 @@ def main(argv=None):
     if lib_note:
         print(f"- pytorch-grad-cam: {lib_note}")
     print(f"- Captum batch size {args.batch_size}; slow reference methods ({', '.join(SLOW_CAPTUM)}) "
-          f"timed on at most {args.captum_max_images} images")
+          f"timed on at most {args.captum_max_images} images; the newer methods on the same images both sides: "
+          f"all for 'fast', {args.captum_max_images} for 'medium', {args.slow_max_images} for 'slow'")
     if torch is not None:
         print("- torch pooling: " + ("reshape + amax (gradient split between tied maxima, as in JAX)"
                                      if args.tie_splitting_pool else "nn.MaxPool2d (gradient to one of tied maxima)"))
@@ -466,9 +560,12 @@ def main(argv=None):
     (jax_logits,) = xai.in_chunks(lambda x: (forward(variables, x),), (images,), 1000)  # bounded memory
 
     net = None
+
+    def twin():  # a fresh torch twin on the same weights (DeepLift's reference modifies its own copy)
+        return build_torch_model(params, batch_stats, tuple(model.widths), model.dense_features, model.num_classes,
+                                 tie_splitting_pool=args.tie_splitting_pool).to(args.torch_device)
     if torch is not None:
-        net = build_torch_model(params, batch_stats, tuple(model.widths), model.dense_features, model.num_classes,
-                                tie_splitting_pool=args.tie_splitting_pool).to(args.torch_device)
+        net = twin()
         k = min(n, 8)
         with torch.no_grad():
             torch_logits = net(torch.from_numpy(np.ascontiguousarray(images[:k].transpose(0, 3, 1, 2)))
@@ -483,19 +580,19 @@ def main(argv=None):
 
     rows = []
     for name in args.methods:
+        if name not in FIRST_EIGHT:
+            rows.append(time_newer(name, model, params, batch_stats, images, net, twin, args))
+            print(f"  {name}: {progress_line(rows[-1])}", file=sys.stderr, flush=True)
+            continue
         # IG at 50 steps, like the Captum side (our default is 100; see IntegratedGradients).
         kw = {"chunk_size": args.chunk_size} if args.chunk_size else {}
         explainer = (xai.METHODS[name](model, steps=50, **kw) if name == "integrated_gradients"
                      else xai.METHODS[name](model, **kw))
-        warm = min(n, explainer.chunk_size)
-        explainer.attribute(params, batch_stats, images[:warm])
-        t0 = time.perf_counter()
-        ours = explainer.attribute(params, batch_stats, images)  # numpy: JAX work has finished
-        ours_s = time.perf_counter() - t0
+        ours, ours_s, warm = time_ours(explainer, params, batch_stats, images)
         row = {"method": name, "ours_images": n, "ours_seconds": ours_s, "ours_maps_per_s": n / ours_s,
                "ours_warmup_images": warm, "ours_parameters": our_parameters(explainer),
                "captum_images": None, "captum_seconds": None, "captum_maps_per_s": None,
-               "captum_parameters": None, "pearson_r": None, "max_rel_diff": None}
+               "captum_parameters": None, "pearson_r": None, "max_rel_diff": None, "library": "Captum"}
         m = min(n, args.captum_max_images) if name in SLOW_CAPTUM else n
         if net is not None and name not in NO_COUNTERPART:
             run, row["captum_parameters"] = captum_runner(name, net, args)
@@ -508,10 +605,7 @@ def main(argv=None):
             row.update(pgc_images=m, pgc_seconds=lib_s, pgc_maps_per_s=m / lib_s,
                        pgc_pearson_r=agreement(ours[:m], theirs)[0])
         rows.append(row)
-        cap = "" if row["captum_maps_per_s"] is None else f", Captum {fmt_rate(row['captum_maps_per_s'])} maps/s"
-        if row.get("pgc_maps_per_s") is not None:
-            cap += f", pytorch-grad-cam {fmt_rate(row['pgc_maps_per_s'])} maps/s"
-        print(f"  {name}: ours {fmt_rate(row['ours_maps_per_s'])} maps/s{cap}", file=sys.stderr, flush=True)
+        print(f"  {name}: {progress_line(row)}", file=sys.stderr, flush=True)
 
     print(markdown_table(rows))
     preds_t = None
