@@ -702,7 +702,7 @@ def load_samples(dataset: str = "mnist", folder: Path | None = None) -> Samples:
     Samples without images whose ``note`` says, in one line, that none are shipped."""
     from mnist_data import CREDITS, DISPLAY_NAMES, MNISTDataError, load_sample_digits
 
-    path = (Path(folder) if folder else SAMPLE_DIR) / f"{dataset}_test_sample.npz"
+    path = Path(folder) / sample_path(dataset).name if folder else sample_path(dataset)
     shown = DISPLAY_NAMES.get(dataset, dataset)
     if not path.is_file():
         return Samples(dataset, None, "", f"No {shown} sample images are shipped ({path.name} is not in "
@@ -899,7 +899,11 @@ PAD_TEMPLATE = f"""
     <button type="button" class="xe-tool active" data-tool="pen" id="xe-pen">Pen</button>
     <button type="button" class="xe-tool" data-tool="eraser" id="xe-eraser">Eraser</button>
     <button type="button" class="xe-tool" id="xe-clear">Clear</button>
+    <label class="xe-tool" id="xe-upload-button">Upload…<input type="file" id="xe-file" accept="image/*"
+      style="display:none"></label>
   </div>
+  <div class="xe-dim" id="xe-pad-hint">…or drop a picture on the canvas, or paste one (up to
+    {MAX_UPLOAD_BYTES // 1_000_000} MB).</div>
 </div>
 """
 
@@ -939,8 +943,31 @@ watch('value', () => {
     ctx.clearRect(0, 0, canvas.width, canvas.height); ctx.drawImage(img, 0, 0, canvas.width, canvas.height); };
   img.src = v.slice(v.indexOf('|') + 1);
 });
+// A picture file (uploaded, dropped or pasted) goes to the server as it is, with its name:
+// the server decodes it and says in the status line what is wrong with it, if anything.
+let uploads = 0;
+const sendFile = (file, name) => {
+  if (!file) return;
+  uploads += 1;
+  const tag = uploads + ':' + encodeURIComponent(name || file.name || 'pasted picture');
+  ctx.clearRect(0, 0, canvas.width, canvas.height); shown = null;
+  if (file.size > MAX_BYTES) { props.value = 'toolarge:' + tag + ':' + file.size; return; }
+  const reader = new FileReader();
+  reader.onload = () => { props.value = 'file:' + tag + '|' + reader.result; };
+  reader.onerror = () => { props.value = 'file:' + tag + '|unreadable'; };
+  reader.readAsDataURL(file);
+};
+const input = element.querySelector('#xe-file');
+input.addEventListener('change', () => { sendFile(input.files[0]); input.value = ''; });
+canvas.addEventListener('dragover', e => { e.preventDefault(); });
+canvas.addEventListener('drop', e => { e.preventDefault();
+  if (e.dataTransfer && e.dataTransfer.files.length) sendFile(e.dataTransfer.files[0]); });
+document.addEventListener('paste', e => {
+  const items = [...((e.clipboardData && e.clipboardData.items) || [])].filter(i => i.kind === 'file');
+  if (!items.length) return;
+  e.preventDefault(); sendFile(items[0].getAsFile(), 'pasted picture'); });
 canvas.dataset.ready = '1';
-"""
+""".replace("MAX_BYTES", str(MAX_UPLOAD_BYTES))
 
 CSS = """
 .xe-pad-wrap { display: flex; flex-direction: column; align-items: flex-start; gap: 6px; }
@@ -964,78 +991,120 @@ CSS = """
 .xe-fill { display: block; height: 100%; background: #9aa5b1; }
 .xe-bar.pred .xe-fill { background: #2b6cb0; } .xe-bar.pred { font-weight: bold; }
 .xe-bar.chosen .xe-fill { background: #d97706; } .xe-chosen-d { color: #d97706; }
-.xe-maps { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr)); gap: 8px; margin-top: 8px; }
+.xe-family { margin-top: 10px; }
+.xe-family h4 { margin: 4px 0; border-bottom: 1px solid #ddd; }
+.xe-maps { display: flex; flex-wrap: wrap; gap: 8px; margin-top: 4px; }
 .xe-map { margin: 0; border: 1px solid #eee; border-radius: 4px; padding: 4px; }
-.xe-map figcaption { font-weight: bold; }
+.xe-map figcaption { font-weight: bold; font-size: 0.92em; }
+.xe-sign { font-weight: normal; color: #888; font-size: 0.85em; margin-left: 6px; }
 .xe-pair { display: flex; gap: 6px; }
 .xe-cell { display: flex; flex-direction: column; align-items: center; font-size: 0.8em; text-align: center; }
-.xe-cell.pending .xe-spin { width: 96px; height: 96px; display: flex; align-items: center; justify-content: center;
+.xe-frame { position: relative; width: 140px; height: 140px; border: 1px solid #ccc; }
+.xe-frame img { display: block; width: 140px; height: 140px; background: #fff; }
+.xe-outline { position: absolute; inset: 0; background-image: var(--xe-outline); background-size: 100% 100%;
+  pointer-events: none; }
+.xe-cell.pending .xe-spin { width: 140px; height: 140px; display: flex; align-items: center; justify-content: center;
   background: #f3f3f3; color: #888; }
+.xe-legend { display: flex; flex-wrap: wrap; gap: 4px 18px; margin-top: 8px; font-size: 0.85em; color: #444; }
+.xe-key { display: inline-flex; align-items: center; gap: 5px; }
+.xe-key img { border: 1px solid #bbb; }
+.xe-line { display: inline-block; width: 22px; height: 0; border-top: 1.5px solid #141414; }
 .xe-wait { color: #666; padding: 12px 0; }
 .xe-error { color: #b00020; }
 #xe-samples img { image-rendering: pixelated; }
 #xe-samples .grid-container { grid-template-columns: repeat(auto-fill, minmax(56px, 1fr)) !important;
-  grid-auto-rows: auto !important; gap: 6px !important; }
+  grid-auto-rows: auto !important; gap: 6px !important; padding: 4px 4px 28px 4px !important; }
 #xe-samples .thumbnail-item { width: 100% !important; height: auto !important; aspect-ratio: 1; }
 #xe-samples .caption-label { font-size: 0.7em; padding: 0 3px; }
+.xe-scroll-hint { color: #666; font-size: 0.85em; margin-top: -4px; }
 """
 
 HELP = f"""
-**How to read it.** Each map shows where the method puts the evidence for a class (red = most).
-Signed methods (Gradient×Input, Integrated Gradients, Occlusion) show their positive part, the
-evidence *for* the class. Under each map, its **deletion AUC** for this digit: the pixels are
-removed (set to black) in the map's order, most important first, in {DELETION_STEPS} steps, and the
-area under the class-probability curve is taken. **Lower = more faithful**: the map found the
-pixels the prediction rests on (0 would mean the probability vanishes at once). Compare AUCs
-between methods for the same digit and class: they vary from digit to digit, and a class the
-model gives little probability to (the compared class, usually) has a small AUC whatever the
-map, since its curve starts near 0. Options apply to the four slower methods; a setting used for
-the first time compiles once (a few seconds).
+**How to read it.** The maps are grouped by family (CAMs, gradients, paths, perturbation,
+propagation rules), each drawn over the outline of the 28x28 input. An **unsigned** map runs from
+white (least) to dark red (most). A **signed** map is centred at 0 (white): red is evidence *for*
+the class, blue evidence *against* it, scaled by the map's largest |value|. Under each map, its
+**deletion AUC** for this image: the pixels are removed (set to black) in the map's order, most
+important first (the map's value, signed maps included), in {DELETION_STEPS} steps, and the area
+under the class-probability curve is taken. **Lower = more faithful**: the map found the pixels
+the prediction rests on (0 would mean the probability vanishes at once). Compare AUCs between
+methods for the same image and class: they vary from image to image, and a class the model gives
+little probability to (the compared class, usually) has a small AUC whatever the map, since its
+curve starts near 0. The fast methods answer first; the slower ones stream in, and a new stroke
+stops them. A setting used for the first time compiles once (a few seconds).
 """
 
 
 def build_app(app: App):
     """The Gradio page around ``app``; returns ``(blocks, launch keyword arguments)``."""
-    import gradio as gr
+    import inspect
 
-    samples = app.samples
+    import gradio as gr
+    from mnist_data import DISPLAY_NAMES
+
+    samples, info, noun = app.samples, app.samples_info, app.noun
+    shown_name = DISPLAY_NAMES.get(app.dataset, app.dataset)
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    with gr.Blocks(title="MNIST explanations explorer", analytics_enabled=False) as blocks:
-        gr.Markdown("## Draw a digit, watch every explanation\nDraw with the pen (one stroke at a time is "
-                    "explained as you go), pick one of the shipped test digits, or paste a picture.")
+
+    def session_handler(fn, n_inputs):
+        """``fn(*inputs, session=...)`` as a Gradio handler that also gets the browser tab."""
+        def handler(*args):
+            *inputs, request = args
+            yield from fn(*inputs, session=getattr(request, "session_hash", None))
+        params = [inspect.Parameter(f"a{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(n_inputs)]
+        handler.__signature__ = inspect.Signature(
+            params + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_ONLY, annotation=gr.Request)])
+        return handler
+
+    with gr.Blocks(title=f"{shown_name} explanations explorer", analytics_enabled=False) as blocks:
+        gr.Markdown(f"## Draw a {noun}, watch every explanation\nDraw with the pen (each stroke is explained "
+                    f"as you go), pick one of the shipped test images, or drop / paste / upload a picture. "
+                    f"The model: trained on {shown_name}.")
         state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
                 pad = gr.HTML(value="", html_template=PAD_TEMPLATE, js_on_load=PAD_JS, elem_id="xe-pad",
                               apply_default_css=False)
-                upload = gr.Image(label="…or paste / upload a picture", sources=["upload", "clipboard"],
-                                  type="numpy", image_mode="RGBA", height=160, elem_id="xe-upload")
             with gr.Column(scale=2, min_width=320):
                 picker = None
                 if samples is not None:
-                    picker = gr.Gallery(value=[(samples.images[i, :, :, 0], str(samples.labels[i]))
-                                               for i in range(len(samples.labels))],
-                                        label="…or pick a shipped MNIST test digit", columns=8, height=300,
-                                        allow_preview=False, elem_id="xe-samples", show_label=True, buttons=[],
+                    n = len(samples.labels)
+                    names = app.explorer.models[0].class_names
+                    gr.Markdown(f"**…or pick one of the {n} shipped {shown_name} test images** "
+                                f"<span class='xe-scroll-hint'>(the list scrolls: {n // 8 + (n % 8 > 0)} rows of 8)"
+                                "</span>", elem_id="xe-samples-title")
+                    picker = gr.Gallery(value=[(samples.images[i, :, :, 0],
+                                                names[int(samples.labels[i])] if int(samples.labels[i]) < len(names)
+                                                else str(samples.labels[i]))
+                                               for i in range(n)],
+                                        label=f"{shown_name} test images", columns=8, height=300,
+                                        allow_preview=False, elem_id="xe-samples", show_label=False, buttons=[],
                                         object_fit="contain")
-                    gr.Markdown(f"<small>{MNIST_CREDIT}</small>")
+                    gr.Markdown(f"<small>{html.escape(info.credit)}</small>")
+                elif info.note:
+                    gr.Markdown(info.note, elem_id="xe-no-samples")
                 model_input = gr.HTML(render_input(None), elem_id="xe-input")
-                status = gr.HTML(render_status("Draw a digit to start."), elem_id="xe-status")
+                status = gr.HTML(render_status(f"Draw a {noun} to start."), elem_id="xe-status")
         with gr.Row():
             names = app.explorer.models[0].class_names  # the first model's classes (the digits for MNIST)
             target = gr.Radio(["none"] + [(n, str(d)) if n != str(d) else n for d, n in enumerate(names)],
                               value="none", elem_id="xe-target",
                               label="Compare with class: why the prediction and not this one?")
-        with gr.Accordion("Options of the slower methods", open=False):
-            with gr.Row():
-                ig = gr.Dropdown([str(v) for v in IG_STEPS], value=str(Options.ig_steps), label="Integrated Gradients: steps",
-                                 elem_id="xe-ig-steps")
-                sgn = gr.Dropdown([str(v) for v in SG_SAMPLES], value=str(Options.sg_samples), label="SmoothGrad: samples",
-                                  elem_id="xe-sg-samples")
-                sgs = gr.Dropdown([str(v) for v in SG_NOISE], value=str(Options.sg_noise), label="SmoothGrad: noise level",
-                                  elem_id="xe-sg-noise")
-                occ = gr.Dropdown([str(v) for v in OCCLUSION_PATCH], value=str(Options.occlusion_patch),
-                                  label="Occlusion: patch (px)", elem_id="xe-occlusion-patch")
+        families = gr.CheckboxGroup([(t, k) for k, t in app.explorer.families],
+                                    value=[k for k, _ in app.explorer.families], elem_id="xe-families",
+                                    label=f"Method families to compute and show ({len(app.explorer.methods)} "
+                                          "methods from the registry)")
+        dropdowns = []
+        with gr.Accordion("Options of the methods (the registry's menus)", open=False):
+            by_method: dict = {}
+            for method, o in app.menu:
+                by_method.setdefault(method, []).append(o)
+            for method, opts in by_method.items():
+                with gr.Row():
+                    for o in opts:
+                        dropdowns.append(gr.Dropdown([str(v) for v in o.choices], value=str(o.default),
+                                                     label=f"{title(method)}: {o.name}", info=o.help or None,
+                                                     elem_id=f"xe-opt-{method}-{o.name}".replace("_", "-")))
         with gr.Row(equal_height=False):
             model_views = []
             for i, m in enumerate(app.explorer.models):
@@ -1045,13 +1114,14 @@ def build_app(app: App):
         gr.Markdown(HELP)
 
         outputs = [model_input, status, *model_views, state]
-        settings = [target, ig, sgn, sgs, occ]
-        common = dict(outputs=outputs, trigger_mode="always_last", concurrency_limit=2, concurrency_id="explain",
+        settings = [target, families, *dropdowns]
+        # "multiple": a new stroke is sent at once, and supersedes the tab's running request
+        # (App._begin), rather than waiting for its slow maps ("always_last" would wait).
+        common = dict(outputs=outputs, trigger_mode="multiple", concurrency_limit=4, concurrency_id="explain",
                       show_progress="hidden")
-        pad.change(app.on_canvas, inputs=[pad, *settings], **common)
-        upload.upload(app.on_upload, inputs=[upload, *settings], **common)
+        pad.change(session_handler(app.on_canvas, 1 + len(settings)), inputs=[pad, *settings], **common)
         for control in settings:
-            control.change(app.on_settings, inputs=[state, *settings], **common)
+            control.change(session_handler(app.on_settings, 1 + len(settings)), inputs=[state, *settings], **common)
         if picker is not None:
             def picked(evt: gr.SelectData):
                 return app.on_pick(evt.index)
@@ -1079,26 +1149,28 @@ def free_port(host: str) -> int:
 
 
 def start(models: list[LoadedModel], host: str = "127.0.0.1", port: int | None = None, warm_up: bool = True,
-          block: bool = True, log=None):
+          block: bool = True, log=None, methods=None, samples: Samples | None = None):
     """Warm up, then serve the page. Returns ``(blocks, url)`` when ``block`` is False (the
     server runs in a thread until ``blocks.close()``).
 
-    Start-up order: the first stage (prediction, GradCAM, saliency and their AUCs) is compiled
-    or loaded from the on-disk cache while Gradio is imported and the page built; then the
-    server starts, and the other methods' programs are made ready in the background (a
-    drawing meanwhile shows them as "computing…" until they are).
+    ``methods``: the registered names to show (None: all); ``samples``: the sample images to
+    offer (None: ``load_samples`` of the first model's dataset).
+
+    Start-up order: a drawing goes through the whole path of the first stage (the canvas's
+    PNG decoded, preprocessed, explained by GradCAM and saliency with their AUCs, the page's
+    HTML made), alone and compared with another class, while Gradio is imported and the page
+    built; then the server starts, and the other methods' programs are made ready in the
+    background, pausing while a person's request runs (a drawing meanwhile shows the maps
+    not yet ready as "computing…" until they are).
     """
     offline_environment()
     import warnings
-    from mnist_data import load_sample_digits
-
     # Gradio's queue statistics use pandas calls pandas 3 deprecates: not the user's concern.
     warnings.filterwarnings("ignore", module=r"gradio(\.|$)")
     log = log or (lambda text: print(text, flush=True))
     t0 = time.perf_counter()
-    explorer = Explorer(models)
-    samples = load_sample_digits()
-    app = App(explorer, samples)
+    explorer = Explorer(models, methods=methods)
+    app = App(explorer, samples if samples is not None else load_samples(models[0].dataset))
     built, failed = [], []
 
     def build():
@@ -1109,15 +1181,14 @@ def start(models: list[LoadedModel], host: str = "127.0.0.1", port: int | None =
 
     builder = threading.Thread(target=build, name="explore-build")
     builder.start()
-    sample = samples.images[0, :, :, 0] / 255.0
     if warm_up:
-        explorer.warm_up(sample=sample, stages=1)
+        app.warm_up(stages=1)
     builder.join()
     if failed:
         raise failed[0]
     blocks, style = built[0]
     port = port if port is not None else free_port(host)
-    blocks.queue(default_concurrency_limit=2)
+    blocks.queue(default_concurrency_limit=4)
     blocks.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
                   quiet=True, show_error=False, max_file_size="20mb", ssr_mode=False, mcp_server=False, pwa=False,
                   footer_links=[], **style)
@@ -1127,7 +1198,7 @@ def start(models: list[LoadedModel], host: str = "127.0.0.1", port: int | None =
 
     def rest():
         try:
-            explorer.warm_up(sample=sample)
+            app.warm_up(background=True)
             log(f"every method ready {time.perf_counter() - t0:.1f} s after start")
         except Exception as e:  # a request will meet the same error and show it in the page
             print(f"explore_mnist_xai: warm-up: {cli.first_line(e)}", file=sys.stderr)
@@ -1154,6 +1225,9 @@ def main(argv=None) -> int:
                         help="address to serve on (default: %(default)s, this machine only; 0.0.0.0 shares it "
                              "with your network, without any login)")
     parser.add_argument("--port", type=int, help="port (default: a free one)")
+    parser.add_argument("--methods", default="all",
+                        help="the methods to show: names, families (cam, gradient, path, perturbation, propagation) "
+                             "or all, comma-separated (default: %(default)s; python -m mnist_xai lists them)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="serve at once and compile each program on first use instead")
     args = parser.parse_args(argv)
@@ -1164,12 +1238,16 @@ def main(argv=None) -> int:
     from mnist_checkpoint import CheckpointError
 
     try:
+        methods = _registry().parse_method_list(args.methods)
+    except ValueError as e:
+        parser.error(f"--methods: {cli.first_line(e, 400)}")
+    try:
         models = load_models(args.checkpoint)
     except CheckpointError as e:
         print(f"error: {cli.first_line(e, 400)}", file=sys.stderr)
         return 2
     try:
-        start(models, args.host, args.port, warm_up=not args.no_warmup)
+        start(models, args.host, args.port, warm_up=not args.no_warmup, methods=methods)
     except KeyboardInterrupt:
         return 130
     except OSError as e:  # the port is taken, the address is not this machine's
