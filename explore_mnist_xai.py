@@ -1051,9 +1051,10 @@ def build_app(app: App):
         def handler(*args):
             *inputs, request = args
             yield from fn(*inputs, session=getattr(request, "session_hash", None))
-        params = [inspect.Parameter(f"a{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(n_inputs)]
+        params = [inspect.Parameter(f"a{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(n_inputs)]
         handler.__signature__ = inspect.Signature(
-            params + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_ONLY, annotation=gr.Request)])
+            params + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)])
+        handler.__annotations__ = {"request": gr.Request}  # how Gradio finds the parameter it fills in
         return handler
 
     with gr.Blocks(title=f"{shown_name} explanations explorer", analytics_enabled=False) as blocks:
