@@ -151,9 +151,11 @@ class Options:
                 raise ValueError(f"{method}: expected options among {', '.join(x.name for x in s.options)}, "
                                  f"got {option!r}") from None
             try:
-                out.append((method, option, o.parse(v, menu=o.choices is not None)))
+                value = o.parse(v, menu=o.choices is not None)
             except ValueError as e:
                 raise ValueError(f"{s.title}: {e}") from None
+            if value != o.default:  # the default is no setting: one explainer (one compile) for both
+                out.append((method, option, value))
         return cls(tuple(sorted(out, key=lambda t: (t[0], t[1]))))
 
     def for_method(self, method: str) -> dict:

@@ -101,6 +101,8 @@ def test_option_menus_come_from_the_registry():
     o = E.Options.parse({("integrated_gradients", "steps"): "16", ("occlusion", "patch"): 8, ("smoothgrad", "samples"): ""})
     assert o.for_method("integrated_gradients") == {"steps": 16} and o.for_method("occlusion") == {"patch": 8}
     assert o.for_method("smoothgrad") == {} and E.Options.parse(occlusion__patch="2").for_method("occlusion") == {"patch": 2}
+    # the page sends every dropdown; a default is no setting, so the warm-up's programs serve it
+    assert E.Options.parse({("integrated_gradients", "steps"): "100", ("occlusion", "patch"): "4"}) == E.Options()
     with pytest.raises(ValueError, match=r"^Integrated Gradients: steps: expected one of 16, 32, 64, 100, got '17'$"):
         E.Options.parse({("integrated_gradients", "steps"): "17"})
     with pytest.raises(ValueError, match="expected options among"):
