@@ -824,6 +824,10 @@ class App:
     def on_canvas(self, value, target=None, families=None, *options, session=None, stages=None):
         """The canvas's value changed: a stroke, a picked sample, a dropped/pasted/uploaded file."""
         cancelled = self._begin(session)
+        if isinstance(value, str) and value.startswith("warm:"):  # the page's own warm-up (PAD_JS)
+            if not cancelled():
+                yield self.placeholders(f"Draw a {self.noun} to start.")
+            return
 
         def gen():
             image, where, notes = interpret(value, self.samples, self.noun, self.dataset)
@@ -968,6 +972,9 @@ document.addEventListener('paste', e => {
   const items = [...((e.clipboardData && e.clipboardData.items) || [])].filter(i => i.kind === 'file');
   if (!items.length) return;
   e.preventDefault(); sendFile(items[0].getAsFile(), 'pasted picture'); });
+// The tab's first event costs seconds (Gradio opens its event stream, loads code): spend them
+// now, with a request that changes nothing (App.on_canvas), not on the first stroke.
+props.value = 'warm:' + Date.now();
 canvas.dataset.ready = '1';
 """.replace("MAX_BYTES", str(MAX_UPLOAD_BYTES))
 
@@ -1122,7 +1129,8 @@ def build_app(app: App):
         # (App._begin), rather than waiting for its slow maps ("always_last" would wait).
         common = dict(outputs=outputs, trigger_mode="multiple", concurrency_limit=4, concurrency_id="explain",
                       show_progress="hidden")
-        pad.change(session_handler(app.on_canvas, 1 + len(settings)), inputs=[pad, *settings], **common)
+        pad.change(session_handler(app.on_canvas, 1 + len(settings)), inputs=[pad, *settings], api_name="explain",
+                   **common)
         for control in settings:
             control.change(session_handler(app.on_settings, 1 + len(settings)), inputs=[state, *settings], **common)
         if picker is not None:
@@ -1149,6 +1157,25 @@ def free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def warm_page(url: str, app: App) -> float:
+    """One drawing through the served page's own route (Gradio's queue, its event code, the
+    handler), as the browser sends it: Gradio's first event costs about a second more than
+    the next ones, which a person's first stroke would otherwise pay. Only the first stage
+    is computed (no family chosen). Returns seconds; a failure is one line on stderr."""
+    t0 = time.perf_counter()
+    try:
+        from gradio_client import Client
+        from mnist_data import load_sample_digits
+
+        value = sample_canvas_value(0, load_sample_digits().images[0]).split("|", 1)[1]
+        client = Client(url, verbose=False, download_files=False)
+        client.predict(value, "none", [], *[str(o.default) for _, o in app.menu], api_name="/explain")
+        client.close()
+    except Exception as e:  # the page still works, its first stroke is a little slower
+        print(f"explore_mnist_xai: page warm-up: {type(e).__name__}: {cli.first_line(e)}", file=sys.stderr)
+    return time.perf_counter() - t0
 
 
 def start(models: list[LoadedModel], host: str = "127.0.0.1", port: int | None = None, warm_up: bool = True,
@@ -1197,6 +1224,9 @@ def start(models: list[LoadedModel], host: str = "127.0.0.1", port: int | None =
                   footer_links=[], **style)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     url = f"http://{shown if ':' not in shown else '[' + shown + ']'}:{port}/"
+    if warm_up:
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1", "localhost": "127.0.0.1"}.get(host, host)
+        warm_page(f"http://{local if ':' not in local else '[' + local + ']'}:{port}/", app)
     log(f"explorer ready in {time.perf_counter() - t0:.1f} s: open {url}  (Ctrl-C stops it)")
 
     def rest():

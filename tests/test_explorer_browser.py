@@ -304,16 +304,23 @@ def test_sample_pick_and_eraser(page):
     assert "your drawing" in pg.inner_text("#xe-input")
 
 
-def upload(pg, name, data: bytes, mime="image/png"):
+def upload(pg, folder, name, data: bytes | None = None, size: int | None = None):
+    """Choose a file in the page's Upload… button (written to ``folder``; ``size``: a sparse file)."""
+    path = folder / name
+    with open(path, "wb") as f:
+        if data is not None:
+            f.write(data)
+        else:
+            f.truncate(size)
     mark_stale(pg)
-    pg.set_input_files("#xe-file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+    pg.set_input_files("#xe-file", str(path))
 
 
-def test_a_text_file_named_png_and_a_21_mb_file_get_one_line_each(page, capfd):
+def test_a_text_file_named_png_and_a_21_mb_file_get_one_line_each(page, capfd, tmp_path):
     pg = page
     draw(pg, VERTICAL)
     assert prediction(pg) == 1 and pg.locator("#xe-model-0 figure.xe-map img").count() == len(SHOWN)
-    upload(pg, "x.png", b"this is a text file, not a picture\n" * 10)
+    upload(pg, tmp_path, "x.png", b"this is a text file, not a picture\n" * 10)
     wait_done(pg, "warn")
     status = pg.inner_text("#xe-status").strip()
     assert status.startswith("x.png is not a picture that can be read") and "\n" not in status
@@ -324,7 +331,7 @@ def test_a_text_file_named_png_and_a_21_mb_file_get_one_line_each(page, capfd):
     err = capfd.readouterr().err
     assert "Traceback" not in err and "UnidentifiedImageError" not in err, err[-2000:]
 
-    upload(pg, "big.png", b"\0" * 21_000_000)
+    upload(pg, tmp_path, "big.png", size=21_000_000)
     wait_done(pg, "warn")
     assert "big.png is 21.0 MB: pictures up to 20 MB are read" in pg.inner_text("#xe-status")
     pg.wait_for_timeout(11_000)  # a Gradio toast would be gone by now; the status line keeps it
@@ -338,7 +345,7 @@ def test_a_text_file_named_png_and_a_21_mb_file_get_one_line_each(page, capfd):
     ImageDraw.Draw(im).ellipse([50, 30, 150, 170], outline=0, width=18)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    upload(pg, "zero.png", buf.getvalue())
+    upload(pg, tmp_path, "zero.png", buf.getvalue())
     wait_done(pg)
     assert prediction(pg) == 0 and "zero.png" in pg.inner_text("#xe-input")
 
