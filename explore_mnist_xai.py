@@ -5,15 +5,22 @@
     python explore_mnist_xai.py --checkpoint checkpoints # your own training run
     python explore_mnist_xai.py --checkpoint A --checkpoint B   # two models side by side
     python explore_mnist_xai.py --host 0.0.0.0 --port 7860      # share on your network (no login!)
+    python explore_mnist_xai.py --methods cam,gradient,saliency  # some families or methods only
 
-It prints the address to open. Draw with the pen (or pick one of the 200 shipped MNIST test
-digits, or paste/upload a picture): the app shows the 28x28 image the model sees (made the
-way MNIST was: mnist_preprocess.to_mnist), the prediction with all ten class probabilities,
-and the maps of ten explanation methods (``methods_in_order``, of the registry's) overlaid on the
-digit, each titled with its deletion AUC for this digit (mnist_xai_metrics.deletion_insertion;
-lower = the map found the pixels the prediction rests on). "Compare with class" shows the
-maps for the predicted class and the chosen one side by side ("why 4 and not 9"). The fast
-methods appear first; Score-CAM, Occlusion, Integrated Gradients and SmoothGrad fill in after.
+It prints the address to open. Draw with the pen (or pick one of the shipped test images, or
+drop / paste / upload a picture): the app shows the 28x28 image the model sees (made the way
+MNIST was: mnist_preprocess.to_mnist), the prediction with all ten class probabilities, and the
+map of every registered method (``methods_in_order``: the registry's, grouped by its
+``FAMILIES``; ``--methods`` picks some), each over the outline of the input and titled with its
+deletion AUC for this image (mnist_xai_metrics.deletion_insertion; lower = the map found the
+pixels the prediction rests on). Signed maps are on a diverging colormap centred at 0, unsigned
+ones from white; a colour bar says which is which. "Compare with class" shows the maps for the
+predicted class and the chosen one side by side ("why 4 and not 9"); a chooser picks the method
+families to compute. The prediction with GradCAM and saliency comes first; the other fast
+methods, then the medium and the slow ones (the registry's cost classes) stream in after, and a
+new stroke stops them. A file that is not a picture, or is over 20 MB, is one line in the
+status. A Fashion-MNIST or KMNIST checkpoint is offered sample_data/<dataset>_test_sample.npz
+when it is shipped; the page says so in one line when it is not.
 
 Classes are named by the checkpoint's class names (the digits for MNIST; a Fashion-MNIST or
 KMNIST checkpoint from train_mnist.py --dataset shows its own). The probabilities shown are
@@ -678,8 +685,10 @@ def render_model(r: ModelResult | None, image: np.ndarray | None, pending=(), in
             f'<div class="xe-bars">{"".join(bars)}</div>{error}{legend()}{"".join(groups)}</div>')
 
 
-def render_status(text: str, kind: str = "info") -> str:
-    return f'<div class="xe-status {kind}" data-kind="{kind}">{html.escape(text)}</div>'
+def render_status(text: str, kind: str = "info", warm: bool = False) -> str:
+    """The status line; ``warm``: the answer to the tab's warm-up request (tests wait for it)."""
+    extra = ' data-warm="1"' if warm else ""
+    return f'<div class="xe-status {kind}" data-kind="{kind}"{extra}>{html.escape(text)}</div>'
 
 
 # ----------------------------------------------------------------------------- the page's handlers
@@ -826,7 +835,8 @@ class App:
         cancelled = self._begin(session)
         if isinstance(value, str) and value.startswith("warm:"):  # the page's own warm-up (PAD_JS)
             if not cancelled():
-                yield self.placeholders(f"Draw a {self.noun} to start.")
+                inp, _, *views, _ = self.placeholders("")
+                yield (inp, render_status(f"Draw a {self.noun} to start.", warm=True), *views, None)
             return
 
         def gen():

@@ -439,6 +439,12 @@ def test_two_tabs_at_once_get_their_own_results(app):
     assert results["one"][3]["image"] is not results["zero"][3]["image"]
 
 
+def test_the_tabs_warm_up_request_changes_nothing(app):
+    (inp, status, page, state), = list(app.on_canvas("warm:123", "none", None, session="w"))
+    assert 'data-warm="1"' in status and "Draw a digit to start." in status and state is None
+    assert "<img" not in inp and "data-pred" not in page
+
+
 def test_render_placeholders_before_any_drawing(app):
     inp, status, model_html, state = app.placeholders("hello")
     assert "hello" in status and "Draw to see the prediction" in model_html and state is None and "<img" not in inp
