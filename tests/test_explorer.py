@@ -114,10 +114,10 @@ def test_option_menus_come_from_the_registry():
 def test_signed_maps_are_centred_at_zero_and_unsigned_run_from_white():
     import matplotlib
     signed = np.zeros((28, 28))
-    signed[0, 0], signed[0, 1], signed[0, 2] = 2.0, -2.0, 1.0  # max |value| 2: 1.0 sits at 0.75
+    signed[0, 0], signed[0, 1], signed[0, 2] = 2.0, -1.0, 1.0  # max |value| 2: -1 at 0.25, 0 at 0.5, 1 at 0.75
     px = decode(E.map_picture(signed, True))
     cm = matplotlib.colormaps[E.SIGNED_CMAP]
-    for (i, j), at in (((0, 0), 1.0), ((0, 1), 0.0), ((0, 2), 0.75), ((5, 5), 0.5)):
+    for (i, j), at in (((0, 0), 1.0), ((0, 1), 0.25), ((0, 2), 0.75), ((5, 5), 0.5)):
         np.testing.assert_allclose(px[i, j], np.round(np.asarray(cm(at))[:3] * 255), atol=1)
     np.testing.assert_allclose(px[5, 5], [247, 247, 247], atol=1)  # 0 is (near) white
     unsigned = np.full((28, 28), 3.0)
