@@ -199,7 +199,7 @@ def test_first_drawing_and_second_timed(page):
     takes longer than that to start a stroke)."""
     pg = page
     pg.wait_for_selector("#xe-status .xe-status[data-warm='1']")
-    pg.wait_for_load_state("networkidle")
+    pg.wait_for_function("() => [...document.querySelectorAll('#xe-samples img')].every(i => i.complete)")
     first = timed_drawing(pg, VERTICAL)
     assert prediction(pg) == 1
     pg.click("#xe-clear")
