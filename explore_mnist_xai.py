@@ -1091,7 +1091,7 @@ def build_app(app: App):
                     n = len(samples.labels)
                     names = app.explorer.models[0].class_names
                     gr.Markdown(f"**…or pick one of the {n} shipped {shown_name} test images** "
-                                f"<span class='xe-scroll-hint'>(the list scrolls: {n // 8 + (n % 8 > 0)} rows of 8)"
+                                f"<span class='xe-scroll-hint'>(the list scrolls: {n} in all, scroll down for more)"
                                 "</span>", elem_id="xe-samples-title")
                     picker = gr.Gallery(value=[(samples.images[i, :, :, 0],
                                                 names[int(samples.labels[i])] if int(samples.labels[i]) < len(names)
