@@ -983,8 +983,15 @@ document.addEventListener('paste', e => {
   if (!items.length) return;
   e.preventDefault(); sendFile(items[0].getAsFile(), 'pasted picture'); });
 // The tab's first event costs seconds (Gradio opens its event stream, loads code): spend them
-// now, with a request that changes nothing (App.on_canvas), not on the first stroke.
-props.value = 'warm:' + Date.now();
+// now, with a request that changes nothing (App.on_canvas), not on the first stroke. Sent
+// again until answered (a change made while Gradio is still starting can be lost), and never
+// once the person has drawn or picked something.
+const warm = n => {
+  const v = props.value || '';
+  if (n > 12 || document.querySelector('#xe-status [data-warm]') || (v && !v.startsWith('warm:'))) return;
+  props.value = 'warm:' + Date.now();
+  setTimeout(() => warm(n + 1), 1500); };
+setTimeout(() => warm(0), 200);
 canvas.dataset.ready = '1';
 """.replace("MAX_BYTES", str(MAX_UPLOAD_BYTES))
 

@@ -198,7 +198,7 @@ def test_first_drawing_and_second_timed(page):
     Drawn once the tab's own warm-up request was answered and the page is loaded (a person
     takes longer than that to start a stroke)."""
     pg = page
-    pg.wait_for_selector("#xe-status .xe-status[data-warm='1']")
+    pg.wait_for_selector("#xe-status .xe-status[data-warm='1']", timeout=25_000)
     pg.wait_for_function("() => [...document.querySelectorAll('#xe-samples img')].every(i => i.complete)")
     first = timed_drawing(pg, VERTICAL)
     assert prediction(pg) == 1
