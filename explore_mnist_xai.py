@@ -602,13 +602,13 @@ def interpret(value, samples=None, noun: str = "digit", dataset: str = "mnist"):
 # ----------------------------------------------------------------------------- rendering
 
 
-def render_input(image: np.ndarray | None, where: str = "", notes=(), noun: str = "digit") -> str:
+def render_input(image: np.ndarray | None, where: str = "", notes=()) -> str:
     if image is None:
         return ('<div class="xe-input empty"><div class="xe-caption">The model sees the 28x28 image made '
-                f'from your drawing or picture here.</div></div>')
+                'from your drawing or picture here.</div></div>')
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     how = (" as it is in its test set" if "test image #" in where else
-           f", cropped to its ink, scaled into 20x20 and centred by its centre of mass in 28x28, as MNIST was made")
+           ", cropped to its ink, scaled into 20x20 and centred by its centre of mass in 28x28, as MNIST was made")
     return (f'<div class="xe-input"><img class="xe-px" id="xe-model-input" src="{png_data_url(image)}" '
             f'alt="the 28x28 image the model sees" width="112" height="112">'
             f'<div><div class="xe-caption">What the model sees: {html.escape(where)}{how}.</div>'
@@ -800,7 +800,7 @@ class App:
         except (TypeError, ValueError) as e:
             yield self.placeholders(f"Bad setting: {cli.first_line(e)}", "error", state)
             return
-        inp = render_input(image, where, notes, self.noun)
+        inp = render_input(image, where, notes)
         shown = self.explorer.shown_methods(families)
         for rep in self.explorer.run(image, chosen, options, stages=stages, families=families, cancelled=cancelled):
             if cancelled():
