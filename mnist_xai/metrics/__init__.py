@@ -4,3 +4,5 @@ Each family module registers its metrics on import; ``METRICS`` then holds them 
 """
 from .base import (FAMILIES, METRICS, MetricInput, MetricResult, MetricSpec, bootstrap_ci, evaluate,  # noqa: F401
                    metric_names, register_metric)
+from . import robustness  # noqa: E402,F401
+from . import randomisation  # noqa: E402,F401
