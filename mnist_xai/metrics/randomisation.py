@@ -35,7 +35,8 @@ Metrics (names as registered; Quantus 0.6.0 classes in ``quantus/metrics/randomi
 
 The randomised parameters: ``fresh_params`` (a tree like ``inp.params``, e.g. the model's init
 with another seed), or by default the model's own initialisers with a key drawn from
-``inp.key`` (``fresh_params_of``; a flax.linen model: ``module.init``), as Quantus calls each
+``inp.key`` (``fresh_params_of``; a flax.linen model: ``module.init``; a Haiku params dict:
+``gaussian_params``, each leaf redrawn with its own spread), as Quantus calls each
 torch layer's ``reset_parameters`` (pytorch_model.py:319-332). Stages: the top-level parameter
 groups (``stages_of``: MNISTCNN as today, dense2 ... conv1 with each conv's BatchNorm; other
 models, their init's definition order) or ``layers=[...]``, each entry a group name or a tuple of
@@ -89,14 +90,27 @@ def _params_dict(inp: MetricInput):
     return inp.params
 
 
+def gaussian_params(params, key) -> dict:
+    """A re-initialisation of any params tree without its model: leaf i drawn from
+    N(0, std(leaf_i)^2) with ``fold_in(key, i)`` (a constant leaf, e.g. a zero bias, stays itself)."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    out = []
+    for i, leaf in enumerate(leaves):
+        leaf = np.asarray(leaf, np.float32)
+        std = float(leaf.std())
+        z = np.asarray(jax.random.normal(jax.random.fold_in(key, i), leaf.shape, jnp.float32))
+        out.append((std * z).astype(np.float32) if std > 0 else leaf)
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
 def fresh_params_of(inp: MetricInput, key=None):
-    """The model's parameters from its own initialisers (flax.linen ``module.init``), key
-    ``fold_in(inp.key, FRESH_SALT)`` by default; ValueError for other models (pass ``fresh_params``)."""
+    """Re-initialised parameters, key ``fold_in(inp.key, FRESH_SALT)`` by default: a flax.linen
+    model's own initialisers (``module.init``); any other params dict (Haiku):
+    ``gaussian_params``. Pass ``fresh_params`` to a metric to choose them yourself."""
     target = inp.explainer.target
-    if target.module is None:
-        raise ValueError(f"fresh_params: expected a tree of re-initialised parameters for a {target.family} model "
-                         f"(only a flax.linen model is re-initialised by default), got None")
     key = jax.random.fold_in(inp.key, FRESH_SALT) if key is None else key
+    if target.module is None:
+        return gaussian_params(_params_dict(inp), key)
     # Eagerly: its small programs are cached across calls (a jitted init compiles one large
     # program per call site, ~2x slower for MNISTCNN; evaluate_xai made the same choice).
     variables = target.module.init(key, jnp.zeros((1, *inp.images.shape[1:]), jnp.float32), **target.call_kwargs)
