@@ -39,7 +39,7 @@ with another seed), or by default the model's own initialisers with a key drawn 
 ``gaussian_params``, each leaf redrawn with its own spread), as Quantus calls each
 torch layer's ``reset_parameters`` (pytorch_model.py:319-332). Stages: the top-level parameter
 groups (``stages_of``: MNISTCNN as today, dense2 ... conv1 with each conv's BatchNorm; other
-models, their init's definition order) or ``layers=[...]``, each entry a group name or a tuple of
+models, the reverse of the order their forward pass calls them) or ``layers=[...]``, each entry a group name or a tuple of
 names re-initialised together. The running BatchNorm statistics stay the trained ones. Quantus
 is given the SAME randomised weights: the reference script replaces
 ``PyTorchModel.get_random_layer_generator`` by one that yields our stages ported to torch.
@@ -117,17 +117,34 @@ def fresh_params_of(inp: MetricInput, key=None):
     return jax.tree_util.tree_map(np.asarray, dict(variables["params"]))
 
 
-def stages_of(params, fresh=None) -> list[tuple[str, ...]]:
+def stages_of(params, call_order=()) -> list[tuple[str, ...]]:
     """The cascade's stages from the output down: MNISTCNN's dense2, dense1, conv6 ... conv1,
     each conv with its BatchNorm ``bnK`` (``mnist_xai_metrics.cascading_layers``); any other model's
-    top-level groups in the reverse of ``fresh``'s order (a linen init lists them as defined)."""
+    top-level groups in the reverse of the order the forward pass first calls them
+    (``call_order``: top-level submodule names in call order), groups it never names last."""
     keys = list(params)
     if keys and all(_MNIST_GROUP.match(k) for k in keys):
         order = sorted((k for k in keys if k.startswith("dense")), key=lambda k: -int(k[5:]))
         order += sorted((k for k in keys if k.startswith("conv")), key=lambda k: -int(k[4:]))
         return [(k, f"bn{k[4:]}") if k.startswith("conv") and f"bn{k[4:]}" in params else (k,) for k in order]
-    defined = [k for k in (fresh if fresh is not None else params) if k in params]
+    first = {}
+    for i, name in enumerate(call_order):
+        first.setdefault(name, i)
+    defined = sorted(keys, key=lambda k: (first.get(k, len(first)), k))
     return [(k,) for k in reversed(defined)]
+
+
+def call_order(inp: MetricInput) -> list[str]:
+    """The model's top-level submodules in the order its forward pass calls them (empty for a
+    model without named layers)."""
+    target = inp.explainer.target
+    if target.family == "function":
+        return []
+    try:
+        seen = target.layers(inp.variables, inp.images.shape[1:])
+    except Exception:  # noqa: BLE001 - layers that cannot be listed: sorted names instead
+        return []
+    return [re.split(r"[/.]", name)[0] for name, _ in seen]
 
 
 def _as_stages(layers, params) -> list[tuple[str, ...]]:
@@ -161,7 +178,7 @@ def cascade(inp: MetricInput, fresh_params=None, layers=None, order: str = "top_
     if not hasattr(fresh, "keys") or set(params) - set(fresh):
         got = sorted(fresh) if hasattr(fresh, "keys") else type(fresh).__name__
         raise ValueError(f"fresh_params: expected the groups {sorted(params)}, got {got}")
-    stages = stages_of(params, fresh) if layers is None else _as_stages(layers, params)
+    stages = stages_of(params, call_order(inp)) if layers is None else _as_stages(layers, params)
     if order == "bottom_up":
         stages = stages[::-1]
     out, done = [], []
