@@ -130,6 +130,37 @@ def test_mprt_of_a_linear_model_is_the_rank_correlation_of_its_weights(linear):
     np.testing.assert_allclose(evaluate("smooth_mprt", inp, fresh_params=fresh, samples=3).values, expected, rtol=1e-9)
 
 
+class WeightedSquare(nn.Module):
+    """logits = (s, -s), s = sum(w x^2) / 2: Saliency's map is |w x|, so it moves with the noise."""
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("w", nn.initializers.normal(1.0), (int(np.prod(x.shape[1:])),))
+        s = 0.5 * (w * x.reshape(len(x), -1) ** 2).sum(-1)
+        return jnp.stack([s, -s], -1)
+
+
+def test_smooth_mprt_averages_the_maps_of_noisy_copies_scaled_by_each_images_range():
+    from scipy.stats import spearmanr
+
+    model = WeightedSquare()
+    x = np.random.default_rng(5).uniform(1.0, 3.0, (2, 6, 6, 1)).astype(np.float32)
+    x[1] *= 0.5  # another range, so each image's own noise level matters
+    params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+    fresh = model.init(jax.random.PRNGKey(1), x[:1])["params"]
+    inp = MetricInput(x, targets=0, explainer=X.Saliency(model), params=params, key=jax.random.PRNGKey(2))
+    z = RA.smooth_noise(inp, 4)
+    std = 0.1 * (x.max(axis=(1, 2, 3)) - x.min(axis=(1, 2, 3)))
+    copies = [x + std[:, None, None, None] * zk for zk in z] + [x]  # the last copy is noise-free
+    xbar = np.mean([np.abs(c[..., 0]) for c in copies], 0)
+    w, w2 = (np.asarray(p["w"]).reshape(6, 6) for p in (params, fresh))
+    smoothed = RA.smoothed_maps(inp, params, RA.smooth_inputs(inp, z, 0.1))
+    np.testing.assert_allclose(smoothed, np.abs(w) * xbar, rtol=1e-5)
+    expected = [spearmanr((np.abs(w) * xb).ravel(), (np.abs(w2) * xb).ravel())[0] for xb in xbar]
+    np.testing.assert_allclose(evaluate("smooth_mprt", inp, fresh_params=fresh, samples=4).values, expected,
+                               rtol=1e-9)
+
+
 def test_random_logit_of_a_linear_model_is_the_ssim_of_two_weight_columns(linear):
     from skimage.metrics import structural_similarity
 
