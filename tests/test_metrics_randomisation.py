@@ -126,6 +126,16 @@ def test_mprt_of_a_linear_model_is_the_rank_correlation_of_its_weights(linear):
     assert r.details["layers"] == ["dense"]
     same = evaluate("model_parameter_randomisation", inp, fresh_params=inp.params)  # nothing changes
     np.testing.assert_allclose(same.values, 1.0, rtol=1e-12)
+    # A signed method (Gradient x Input: w_t x): |.| by default, as Quantus's abs=True; abs=False keeps signs.
+    from mnist_xai.methods.gradient import GradientXInput
+
+    gxi = MetricInput(inp.images, targets=inp.targets, explainer=GradientXInput(Linear()), params=inp.params)
+    gxi.maps = gxi.explain()
+    xs = inp.images.reshape(3, -1)
+    for use_abs, f in ((True, np.abs), (False, lambda v: v)):
+        expected_gxi = [spearmanr(f(w[:, t] * xi), f(w2[:, t] * xi))[0] for t, xi in zip(inp.targets, xs)]
+        np.testing.assert_allclose(evaluate("model_parameter_randomisation", gxi, fresh_params=fresh,
+                                            abs=use_abs).values, expected_gxi, rtol=1e-6)
     # sMPRT: a linear model's map does not move with the noise, so it is the same correlation.
     np.testing.assert_allclose(evaluate("smooth_mprt", inp, fresh_params=fresh, samples=3).values, expected, rtol=1e-9)
 
