@@ -502,7 +502,8 @@ def randomization_test(explainer, params, batch_stats, fresh_params, images, tar
     stages = [(name, f"bn{name[4:]}") if name.startswith("conv") and f"bn{name[4:]}" in params else (name,)
               for name in cascading_layers(params)]
     _, details = model_parameter_randomisation(inp, fresh_params=fresh_params, layers=stages,
-                                               keep_maps=return_details, progress=progress)
+                                               keep_maps=return_details, progress=progress,
+                                               explain_predicted=targets is None)
     results = [(stage[0], float(np.nanmean(rho))) for stage, rho in zip(stages, details["rho"])]
     if return_details:
         return results, {"rho": details["rho"], "maps": details["maps"]}

@@ -209,14 +209,19 @@ def _explain_noisy(inp: MetricInput, params, noisy: np.ndarray) -> np.ndarray:
                  paper="Adebayo et al., NeurIPS 2018",
                  summary="Spearman correlation of |map| with the map of the fully re-initialised model (cascade)")
 def model_parameter_randomisation(inp: MetricInput, fresh_params=None, layers=None, order: str = "top_down",
-                                  abs: bool = True, keep_maps: bool = False, progress=None):
+                                  abs: bool = True, keep_maps: bool = False, progress=None,
+                                  explain_predicted: bool = False):
     """Per image: the Spearman correlation of the input's maps with the last stage's maps
     (module docstring). ``details``: ``layers`` (stage names), ``rho`` (stages, N), with
-    ``keep_maps`` ``maps`` (stages, N, H, W). ``progress(images_done)`` after each stage's chunk."""
+    ``keep_maps`` ``maps`` (stages, N, H, W). ``progress(images_done)`` after each stage's chunk.
+    ``explain_predicted``: each randomised model explains ITS OWN predicted class (the project's
+    pre-registry ``randomization_test`` with targets=None); default: the input's targets held
+    fixed through the cascade, as Quantus (y_batch)."""
     base = prepare_maps(inp.maps, False, abs)
     names, rhos, maps = [], [], []
     for name, p in cascade(inp, fresh_params, layers, order):
-        m = np.asarray(inp.explainer.attribute(p, inp.batch_stats, inp.images, inp.targets, key=inp.key,
+        m = np.asarray(inp.explainer.attribute(p, inp.batch_stats, inp.images,
+                                               None if explain_predicted else inp.targets, key=inp.key,
                                                progress=progress))
         names.append(name)
         rhos.append(spearman_rows(base, prepare_maps(m, False, abs)))
