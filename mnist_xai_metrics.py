@@ -366,23 +366,28 @@ def randomization_test(explainer, params, batch_stats, fresh_params, images, tar
     ``maps``: the trained model's maps of ``images`` when already computed (same targets and key).
     ``progress(images_done)`` is called after each chunk of each stage.
     ``return_details=True`` also returns ``{"rho": (stages, N) per-image correlations,
-    "maps": (stages, N, 28, 28) the randomised models' maps}``, e.g. for intervals and the
-    figure of one digit's maps as the layers are re-initialised (Adebayo et al.'s fig. 2)."""
+    "maps": (stages, N, H, W) the randomised models' maps}``, e.g. for intervals and the
+    figure of one digit's maps as the layers are re-initialised (Adebayo et al.'s fig. 2).
+
+    A wrapper over the registered metric ``"model_parameter_randomisation"``
+    (``mnist_xai.metrics.randomisation``), with the stages of ``cascading_layers`` /
+    ``randomized_params``."""
+    from mnist_xai.metrics import MetricInput
+    from mnist_xai.metrics.randomisation import model_parameter_randomisation
+
+    images = explainer.target.images(images)
     if maps is None:
         maps = explainer.attribute(params, batch_stats, images, targets, key=key)
-    base = np.abs(np.asarray(maps).reshape(len(images), 28, 28))
-    results, done, rhos, stage_maps = [], [], [], []
-    for layer in cascading_layers(params):
-        done.append(layer)
-        rand = np.asarray(explainer.attribute(randomized_params(params, fresh_params, done), batch_stats,
-                                              images, targets, key=key, progress=progress))
-        rho = spearman_rows(base, np.abs(rand))
-        results.append((layer, float(np.nanmean(rho))))
-        if return_details:
-            rhos.append(rho)
-            stage_maps.append(rand)
+    inp = MetricInput(images, targets=targets, maps=maps, explainer=explainer, params=params,
+                      batch_stats=batch_stats, key=key)
+    stages = [(name, f"bn{name[4:]}") if name.startswith("conv") and f"bn{name[4:]}" in params else (name,)
+              for name in cascading_layers(params)]
+    _, details = model_parameter_randomisation(inp, fresh_params=fresh_params, layers=stages,
+                                               keep_maps=return_details, progress=progress,
+                                               explain_predicted=targets is None)
+    results = [(stage[0], float(np.nanmean(rho))) for stage, rho in zip(stages, details["rho"])]
     if return_details:
-        return results, {"rho": np.stack(rhos), "maps": np.stack(stage_maps)}
+        return results, {"rho": details["rho"], "maps": details["maps"]}
     return results
 
 

@@ -4,4 +4,9 @@ Each family module registers its metrics on import; ``METRICS`` then holds them 
 """
 from .base import (FAMILIES, METRICS, MetricInput, MetricResult, MetricSpec, bootstrap_ci, evaluate,  # noqa: F401
                    metric_names, register_metric)
-from . import faithfulness  # noqa: F401,E402  (registers the faithfulness family)
+from . import faithfulness  # noqa: F401,E402  (each family module registers its metrics on import)
+from . import robustness  # noqa: F401,E402
+from . import localisation  # noqa: F401,E402
+from . import complexity  # noqa: F401,E402
+from . import randomisation  # noqa: F401,E402
+from . import axiomatic  # noqa: F401,E402
