@@ -4,3 +4,6 @@ Each family module registers its metrics on import; ``METRICS`` then holds them 
 """
 from .base import (FAMILIES, METRICS, MetricInput, MetricResult, MetricSpec, bootstrap_ci, evaluate,  # noqa: F401
                    metric_names, register_metric)
+from . import localisation  # noqa: F401,E402  (registers its metrics)
+from . import complexity  # noqa: F401,E402
+from . import axiomatic  # noqa: F401,E402
