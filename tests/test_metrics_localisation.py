@@ -12,8 +12,6 @@ every image without such a tie (Occlusion's and GradCAM's maps have them: 1 to 6
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -243,24 +241,13 @@ def test_bad_input_is_one_line(call, match):
 
 
 def test_every_metric_runs_on_the_shipped_model_and_a_32x32_rgb_model():
-    from mnist_checkpoint import load_checkpoint
-    from mnist_data import load_sample_digits
-    import mnist_xai.methods as X
-    from reference_models import ResNet32
+    from metric_models import metric_input, shipped
 
-    params, batch_stats, model, _ = load_checkpoint()
-    x = load_sample_digits().images[:3].astype(np.float32) / 255
-    e = X.Saliency(model)
-    mnist = MetricInput(x, maps=e.attribute(params, batch_stats, x), explainer=e, params=params,
-                        batch_stats=batch_stats, masks=ink_masks(x))
-    resnet = ResNet32()
-    variables = resnet.init(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))
-    rgb_x = np.random.default_rng(1).random((2, 32, 32, 3)).astype(np.float32)
+    x = shipped()[3]
+    mnist = metric_input("shipped", "saliency", masks=ink_masks(x))
     box = np.zeros((2, 32, 32), bool)
     box[:, 8:24, 8:24] = True  # the "object": a centred box, as a user passes a bounding box
-    g = X.GradientXInput(resnet)
-    rgb = MetricInput(rgb_x, maps=g.attribute(variables["params"], variables["batch_stats"], rgb_x), explainer=g,
-                      params=variables["params"], batch_stats=variables["batch_stats"], masks=box)
+    rgb = metric_input("rgb", "gradient_x_input", masks=box)
     assert len(metric_names("localisation")) >= len(FAMILY)
     for inp in (mnist, rgb):
         for name in metric_names("localisation"):
