@@ -117,6 +117,18 @@ def non_sensitivity(inp: MetricInput, eps: float = 1e-5, features_in_step: int =
     return (insensitive ^ unattributed).sum(1).astype(np.float64)
 
 
+def _input_method(explainer):
+    """The explainer's MethodSpec; ValueError for a layer method or an unregistered class."""
+    from mnist_xai.base import CAMExplainer
+
+    spec = getattr(explainer, "spec", None)
+    if spec is None or isinstance(explainer, CAMExplainer):
+        what = getattr(spec, "name", type(explainer).__name__)
+        raise ValueError(f"input_invariance: expected a registered method that explains the input, not a layer "
+                         f"(a shifted model is a function, with no layers), got {what}")
+    return spec
+
+
 def shifted_explainer(explainer, variables, shift: float):
     """The same method (class and options) explaining g(z) = f(z - shift), the model with the
     constant input shift absorbed (Kindermans et al. sec. 3: the first layer's bias b - W m).
@@ -127,13 +139,7 @@ def shifted_explainer(explainer, variables, shift: float):
     with the shift is the same function everywhere. g is a function of the images, so methods
     that read a named layer (the CAMs) cannot explain it: ValueError.
     """
-    from mnist_xai.base import CAMExplainer
-
-    spec = getattr(explainer, "spec", None)
-    if spec is None or isinstance(explainer, CAMExplainer):
-        what = getattr(spec, "name", type(explainer).__name__)
-        raise ValueError(f"input_invariance: expected a registered method that explains the input, not a layer "
-                         f"(a shifted model is a function, with no layers), got {what}")
+    spec = _input_method(explainer)
     target = explainer.target
 
     def shifted(z):
@@ -158,6 +164,7 @@ def input_invariance(inp: MetricInput, input_shift: float = -1.0, atol: float = 
     """
     input_shift = finite_number("input_shift", input_shift)
     atol = finite_number("atol", atol, 0.0)
+    _input_method(inp.explainer)
     shifted = shifted_explainer(inp.explainer, inp.variables, input_shift)
     moved = np.asarray(shifted.attribute(None, None, inp.images + np.float32(input_shift), inp.targets, key=inp.key))
     a = np.asarray(inp.maps, np.float32)
