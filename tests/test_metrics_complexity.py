@@ -88,6 +88,7 @@ def test_effective_complexity_known_answers():
     np.testing.assert_array_equal(run("effective_complexity", a, normalise=False), [2, 2])
     np.testing.assert_array_equal(run("effective_complexity", a, normalise=False, eps=1.5e-3), [2, 1])
     np.testing.assert_array_equal(run("effective_complexity", a, abs=False), [2, 1])  # -1 is not > eps
+    np.testing.assert_array_equal(run("effective_complexity", np.array([[[1.0, 0.25]]]), eps=0.25), [1])  # strictly >
 
 
 def test_a_score_does_not_depend_on_the_other_maps(reference):
