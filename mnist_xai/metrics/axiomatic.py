@@ -161,6 +161,9 @@ def input_invariance(inp: MetricInput, input_shift: float = -1.0, atol: float = 
     no normalisation or abs (Quantus's defaults). ``inp.maps`` must be the explainer's maps of
     ``inp.images`` for ``inp.targets`` (key ``inp.key``). Details: ``max_abs_difference``.
     Saliency passes; Gradient x Input and Integrated Gradients from a zero baseline do not.
+    Departure: Quantus's ``perturb_batch`` (quantus/functions/perturb_func.py:62-64) hands each
+    image ``indices[i][1:]``, so its first pixel is never shifted and even Saliency fails there
+    (on every digit of the parity fixture); here every pixel is shifted.
     """
     input_shift = finite_number("input_shift", input_shift)
     atol = finite_number("atol", atol, 0.0)
