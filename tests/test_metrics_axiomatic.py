@@ -138,6 +138,11 @@ def test_non_sensitivity_known_answers():
     # pairs of pixels: the 4 pairs of the top rows move it, the 4 below do not
     np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(everywhere), baseline=0.0,
                                            features_in_step=2).values, [4, 4])
+    # a pair with one attributed pixel is attributed: pixel (0, 1) zeroed, its pair (0, 0) keeps |w| = 1
+    half = on.copy()
+    half[:, 0, 1] = 0
+    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(half), baseline=0.0,
+                                           features_in_step=2).values, [0, 0])
     # eps thresholds both: a change of |w| = 1 (pixel (0, 0)) is "no effect" under eps = 1.5, while
     # the map 2|w| (not normalised) attributes it 2
     np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(2 * on), baseline=0.0, eps=1.5,
