@@ -102,6 +102,7 @@ def linear(x):
 
 
 def linear_input(maps, x=None, method=X.Saliency):
+    """(non_sensitivity is given kind="logits" below: the linear model's logit moves by w (x - b))"""
     x = np.ones((2, 4, 4, 1), np.float32) if x is None else x
     return MetricInput(x, targets=0, maps=maps, explainer=method(linear))
 
@@ -127,28 +128,28 @@ def test_completeness_known_answers():
 
 def test_non_sensitivity_known_answers():
     on = np.broadcast_to(W[..., 0], (2, 4, 4))  # zero exactly where the weight is: no mismatch
-    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(on), baseline=0.0).values, [0, 0])
+    np.testing.assert_array_equal(evaluate("non_sensitivity", kind="logits", inp=linear_input(on), baseline=0.0).values, [0, 0])
     everywhere = np.ones((2, 4, 4), np.float32)  # attributes the 8 pixels without effect
-    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(everywhere), baseline=0.0).values, [8, 8])
+    np.testing.assert_array_equal(evaluate("non_sensitivity", kind="logits", inp=linear_input(everywhere), baseline=0.0).values, [8, 8])
     missing = on.copy()
     missing[1, 0, 0] = 0  # misses one pixel that matters
-    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(missing), baseline=0.0).values, [0, 1])
+    np.testing.assert_array_equal(evaluate("non_sensitivity", kind="logits", inp=linear_input(missing), baseline=0.0).values, [0, 1])
     # "black" (the image's minimum, 1 here: x is all ones): no pixel moves the logit
-    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(on)).values, [8, 8])
+    np.testing.assert_array_equal(evaluate("non_sensitivity", kind="logits", inp=linear_input(on)).values, [8, 8])
     # pairs of pixels: the 4 pairs of the top rows move it, the 4 below do not
-    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(everywhere), baseline=0.0,
+    np.testing.assert_array_equal(evaluate("non_sensitivity", kind="logits", inp=linear_input(everywhere), baseline=0.0,
                                            features_in_step=2).values, [4, 4])
     # a pair with one attributed pixel is attributed: pixel (0, 1) zeroed, its pair (0, 0) keeps |w| = 1
     half = on.copy()
     half[:, 0, 1] = 0
-    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(half), baseline=0.0,
+    np.testing.assert_array_equal(evaluate("non_sensitivity", kind="logits", inp=linear_input(half), baseline=0.0,
                                            features_in_step=2).values, [0, 0])
     # eps thresholds both: a change of |w| = 1 (pixel (0, 0)) is "no effect" under eps = 1.5, while
     # the map 2|w| (not normalised) attributes it 2
-    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(2 * on), baseline=0.0, eps=1.5,
+    np.testing.assert_array_equal(evaluate("non_sensitivity", kind="logits", inp=linear_input(2 * on), baseline=0.0, eps=1.5,
                                            normalise=False).values, [1, 1])
     # normalised (|w| / 8 <= 1 < 1.5): every pixel is unattributed, 9 have no effect: 7 mismatches
-    np.testing.assert_array_equal(evaluate("non_sensitivity", linear_input(on), baseline=0.0, eps=1.5).values, [7, 7])
+    np.testing.assert_array_equal(evaluate("non_sensitivity", kind="logits", inp=linear_input(on), baseline=0.0, eps=1.5).values, [7, 7])
 
 
 def test_input_invariance_known_answers():
@@ -188,7 +189,7 @@ def test_completeness_equals_the_old_completeness_error():
      r"baseline: expected a number, 'black' or one finite image \(4, 4, 1\), got shape \(3, 3\)"),
     (lambda: evaluate("completeness", linear_input(np.ones((2, 4, 4))), kind="softmax"),
      "kind: expected 'logits' or 'probs', got 'softmax'"),
-    (lambda: evaluate("non_sensitivity", linear_input(np.ones((2, 4, 4))), features_in_step=3),
+    (lambda: evaluate("non_sensitivity", kind="logits", inp=linear_input(np.ones((2, 4, 4))), features_in_step=3),
      "features_in_step: expected a divisor of the 16 pixels, got 3"),
     (lambda: evaluate("input_invariance", MetricInput(np.ones((1, 28, 28, 1)), targets=0, maps=np.ones((1, 28, 28)),
                                                       explainer=X.GradCAM(_cnn()), params=None)),

@@ -75,14 +75,14 @@ def completeness(inp: MetricInput, baseline=None, kind: str = "logits"):
 @register_metric("non_sensitivity", title="Non-sensitivity", family="axiomatic", higher_is_better=False,
                  needs=("model", "maps"), reference="quantus.NonSensitivity", paper=NGUYEN)
 def non_sensitivity(inp: MetricInput, eps: float = 1e-5, features_in_step: int = 1, baseline="black",
-                    abs: bool = True, normalise: bool = True, kind: str = "logits"):
+                    abs: bool = True, normalise: bool = True, kind: str = "probs"):
     """How many features break "zero attribution <=> no effect": the count of features where
     (|f(x with the feature set to ``baseline``) - f(x)| < eps) XOR (attribution < eps).
 
     Quantus non_sensitivity.py:317-356: features are the flat pixels in order, taken
     ``features_in_step`` at a time, each group set to the baseline alone (from the original
-    image, not cumulatively), one forward pass a group; f is the target logit (Quantus's
-    ``softmax=False``); the map is normalised and made absolute first (Quantus's defaults).
+    image, not cumulatively), one forward pass a group; f is the target's softmax probability
+    (Quantus's ``__call__`` default ``softmax=True``, non_sensitivity.py:166; ``kind="logits"``: the logit); the map is normalised and made absolute first (Quantus's defaults).
     Variants: a feature is a pixel with all its channels (Quantus broadcasts the map over
     channels and perturbs each channel-pixel alone: C times the passes; the same for C = 1);
     with ``features_in_step`` > 1 a group counts as unattributed when all its pixels are
