@@ -332,6 +332,26 @@ def test_incremental_occlusion_equals_occluding_the_whole_image(patch, stride, s
                                    rtol=0, atol=2e-6 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("baseline", [0.7, -0.4])
+def test_incremental_occlusion_occludes_with_a_nonzero_baseline(baseline, shipped):
+    """Issue 24: the incremental path puts the patch in as ``stem(baseline)``; ignoring the
+    baseline there (occluding with 0, black) went unnoticed, as every other test occludes
+    with 0. At a non-zero baseline the fast logits must equal occluding the whole image, and
+    differ from occluding with 0 by far more than the bound (so a baseline ignored fails)."""
+    params, batch_stats, model, x = shipped
+    x = x[:2]
+    variables = {"params": params, "batch_stats": batch_stats}
+    fast = X.Occlusion(model, 4, 2, baseline=baseline)
+    assert fast.plan  # the incremental path runs
+    got = np.asarray(jax.jit(fast.occluded_logits)(variables, x))
+    want = np.asarray(jax.jit(X.Occlusion(model, 4, 2, baseline=baseline, incremental=False).occluded_logits)(
+        variables, x))
+    black = np.asarray(jax.jit(X.Occlusion(model, 4, 2, incremental=False).occluded_logits)(variables, x))
+    bound = 2e-6 * np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=bound)
+    assert np.abs(want - black).max() > 1000 * bound  # the baseline matters: ignoring it cannot pass
+
+
 def test_occlusion_plan_covers_every_changed_row():
     """Each window's recomputed pooled rows include every row its patch can reach through
     the block's two 3x3 convs, and the crops are smaller than the maps they replace."""
