@@ -200,7 +200,7 @@ def test_full_demo_reads_the_tfds_test_split(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run_demo(images, labels, out, checkpoint, data_name, progress=True):
+    def fake_run_demo(images, labels, out, checkpoint, data_name, progress=True, methods=None):
         seen.update(images=images, labels=labels, data_name=data_name)
         return {"accuracy": 1.0, "num_images": len(images), "top_confusions": []}
 
