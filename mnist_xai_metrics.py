@@ -31,6 +31,7 @@ import numpy as np
 from mnist_xai.base import Explainer
 from mnist_xai.metrics import MetricInput
 from mnist_xai.metrics import faithfulness as F
+from mnist_xai.metrics.randomisation import spearman_rows  # noqa: F401  (this module's name for it)
 from mnist_xai_visualizations import as_image_batch, as_targets, explained, finite_number, whole_number
 
 INK_THRESHOLD = 0.5
@@ -324,23 +325,6 @@ def localisation_by_class(images, maps, classes, border: int = FRAME_BORDER,
 
 
 # ----------------------------------------------------------------------------- randomisation
-
-
-def spearman_rows(a, b) -> np.ndarray:
-    """Spearman rank correlation of each row pair of a, b (N, ...) with average ranks for ties;
-    NaN where a row is constant."""
-    from scipy.stats import rankdata
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or a.ndim < 2 or not len(a):
-        raise ValueError(f"spearman_rows: expected two arrays of the same shape (N, ...), got {a.shape} and {b.shape}")
-    a = rankdata(a.reshape(len(a), -1), axis=1)
-    b = rankdata(b.reshape(len(b), -1), axis=1)
-    a -= a.mean(1, keepdims=True)
-    b -= b.mean(1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1), np.nan)
 
 
 def cascading_layers(params) -> list[str]:
