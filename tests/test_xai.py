@@ -393,6 +393,42 @@ np.savez(sys.argv[2], **out)
 """
 
 
+_EIGEN_TWO_DEVICE_SCRIPT = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path[:0] = [sys.argv[1]]
+import jax, numpy as np
+import mnist_xai_visualizations as X
+from mnist_cnn_model import initialize_model
+assert len(jax.local_devices()) == 2
+params, batch_stats, model = initialize_model(jax.random.PRNGKey(0))
+x = np.random.default_rng(1).random((64, 28, 28, 1)).astype(np.float32)
+np.savez(sys.argv[2], **{c.__name__: c(model, relu=False).attribute(params, batch_stats, x)
+                         for c in (X.EigenCAM, X.EigenGradCAM)})
+"""
+
+
+def test_eigencams_finish_on_two_devices_with_one_chunk_of_64(cnn, tmp_path):
+    """EigenCAM's SVD on two host devices (the scripts' default on a 2-core CPU): a batched
+    ``jnp.linalg.svd`` of 64+ images there hung XLA's CPU runtime every time; one SVD an image
+    does not, and gives the one-device maps."""
+    script, out = tmp_path / "eigen.py", tmp_path / "eigen.npz"
+    script.write_text(_EIGEN_TWO_DEVICE_SCRIPT)
+    try:
+        subprocess.run([sys.executable, str(script), str(Path(X.__file__).parent), str(out)], check=True,
+                       timeout=120, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("EigenCAM/EigenGradCAM on two devices did not finish in 120 s (the batched-SVD hang)")
+    two = np.load(out)
+    params, batch_stats, model = cnn
+    x = np.random.default_rng(1).random((64, 28, 28, 1)).astype(np.float32)
+    for cls in (X.EigenCAM, X.EigenGradCAM):
+        one = cls(model, relu=False).attribute(params, batch_stats, x)
+        scale = np.abs(one).max(axis=(1, 2), keepdims=True)
+        # the singular vector's sign is LAPACK's on both sides (same matrices, same routine)
+        np.testing.assert_allclose(two[cls.__name__], one, rtol=1e-4, atol=1e-5 * scale.max(), err_msg=cls.__name__)
+
+
 def test_two_devices_give_the_same_maps_as_one(cnn, digits, tmp_path):
     """With two local devices each chunk is split across them (shard_map); same maps."""
     script, out = tmp_path / "two.py", tmp_path / "two.npz"

@@ -156,8 +156,11 @@ def first_component(a):
     n, h, w, c = a.shape
     x = jnp.where(jnp.isnan(a), 0.0, a).reshape(n, h * w, c)
     x = x - x.mean(axis=1, keepdims=True)
-    vt = jnp.linalg.svd(x, full_matrices=False)[2]  # (N, min(hw, C), C)
-    return jnp.einsum("npc,nc->np", x, vt[:, 0]).reshape(n, h, w)
+    # One SVD an image (lax.map), not one batched call: XLA's CPU runtime hung on the batched
+    # SVD of 64 or more images with two host devices (one per core, as the scripts run), in
+    # every run; the per-image loop gives the same vectors and did not hang in 3 runs of 200.
+    v1 = jax.lax.map(lambda xi: jnp.linalg.svd(xi, full_matrices=False)[2][0], x)  # (N, C)
+    return jnp.einsum("npc,nc->np", x, v1).reshape(n, h, w)
 
 
 @register("eigencam", title="Eigen-CAM", family="cam", cost="fast", options=(LAYER, RELU),
