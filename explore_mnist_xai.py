@@ -19,8 +19,8 @@ predicted class and the chosen one side by side ("why 4 and not 9"); a chooser p
 families to compute. The prediction with GradCAM and saliency comes first; the other fast
 methods, then the medium and the slow ones (the registry's cost classes) stream in after, and a
 new stroke stops them. A file that is not a picture, or is over 20 MB, is one line in the
-status. A Fashion-MNIST or KMNIST checkpoint is offered sample_data/<dataset>_test_sample.npz
-when it is shipped; the page says so in one line when it is not.
+status. A Fashion-MNIST or KMNIST checkpoint is offered that dataset's 200 test images
+(sample_data/<dataset>_test_sample.npz); where a dataset has none, the page says so in one line.
 
 Classes are named by the checkpoint's class names (the digits for MNIST; a Fashion-MNIST or
 KMNIST checkpoint from train_mnist.py --dataset shows its own). The probabilities shown are

@@ -389,6 +389,22 @@ def test_another_datasets_checkpoint_offers_its_own_samples_or_says_none_are_shi
     assert "Fashion-MNIST test image #2 (labelled 2)" in inp and "Pullover" in page
 
 
+
+@pytest.mark.parametrize("dataset, first_labels", [("fashion_mnist", [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]),
+                                                   ("kmnist", [2, 9, 3, 8, 3, 3, 8, 3, 2, 5])])
+def test_fashion_and_kmnist_checkpoints_are_offered_their_own_shipped_test_images(dataset, first_labels):
+    """The first 20 of each class of the official test set (the official sets' first labels are
+    known), credited with their licence, and not MNIST's digits."""
+    shipped = E.load_samples(dataset)
+    split = shipped.split
+    assert split is not None, shipped.note
+    assert split.images.shape[0] == 200 and np.bincount(split.labels, minlength=10).tolist() == [20] * 10
+    d = np.load(E.sample_path(dataset))
+    assert d["labels"][:10].tolist() == first_labels and d["test_indices"][:10].tolist() == list(range(10))
+    assert ("MIT" if dataset == "fashion_mnist" else "CC BY-SA 4.0") in shipped.credit
+    mnist = np.load(E.sample_path("mnist"))["images"]
+    assert not any((d["images"][i] == mnist).all(axis=(1, 2, 3)).any() for i in range(10))
+
 def test_warm_up_takes_the_whole_path_and_the_background_yields_to_requests(explorer, monkeypatch):
     calls = []
     for name in ("interpret", "render_model", "render_input"):
