@@ -294,6 +294,7 @@ def score_blocks(params, batch_stats, model, images, methods, metrics, seed=0, o
                 pb.update(e - s)
         seconds[(name, "maps")] = time.perf_counter() - t0
         progress(f"  {name}: maps in {seconds[(name, 'maps')]:.1f} s")
+        inputs = {}
         for metric in metrics:
             spec = METRICS[metric]
             reexplains = "explainer" in spec.needs
@@ -312,8 +313,10 @@ def score_blocks(params, batch_stats, model, images, methods, metrics, seed=0, o
             with bar(sum(e - s for _, s, e in todo), f"{name}: {metric}") as pb:
                 for b, s, e in todo:
                     k = e - s
-                    inp = MetricInput(images[s:e], targets[b][:k], maps[b][:k], explainer, params, batch_stats,
-                                      None if masks is None else masks[s:e], keys[b])
+                    if (b, k) not in inputs:  # one input a block for all metrics: they share work
+                        inputs[(b, k)] = MetricInput(images[s:e], targets[b][:k], maps[b][:k], explainer, params,
+                                                     batch_stats, None if masks is None else masks[s:e], keys[b])
+                    inp = inputs[(b, k)]
                     try:
                         r = evaluate(metric, inp, **options.get(metric, {}))
                     except NotApplicable as err:

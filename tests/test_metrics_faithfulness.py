@@ -284,6 +284,27 @@ def test_deletion_and_insertion_on_the_contract_equal_the_wrapper():
     assert not d.higher_is_better and i.higher_is_better
 
 
+
+def test_deletion_and_insertion_on_one_input_run_the_perturbed_images_once(monkeypatch):
+    """evaluate_xai keeps one MetricInput a block for all metrics: the second of deletion and
+    insertion takes the curves the first computed (both come from one run); other options, or a
+    new input, compute them again, and the values are those of fresh inputs."""
+    images = (np.random.default_rng(2).random((3, 4, 4, 1))).astype(np.float32)
+    maps = np.random.default_rng(3).random((3, 4, 4)).astype(np.float32)
+    runs = []
+    real = F._perturbed_scores
+    monkeypatch.setattr(F, "_perturbed_scores", lambda *a, **k: runs.append(1) or real(*a, **k))
+    inp = MetricInput(images, [0, 1, 0], maps, Explainer(linear))
+    d, i = evaluate("deletion", inp, steps=4), evaluate("insertion", inp, steps=4)
+    assert len(runs) == 1
+    evaluate("insertion", inp, steps=8)
+    evaluate("deletion", inp, steps=4, baseline=0.5)
+    assert len(runs) == 3
+    fresh = lambda: MetricInput(images, [0, 1, 0], maps, Explainer(linear))  # noqa: E731
+    np.testing.assert_array_equal(evaluate("deletion", fresh(), steps=4).values, d.values)
+    np.testing.assert_array_equal(evaluate("insertion", fresh(), steps=4).values, i.values)
+    assert len(runs) == 5
+
 def test_road_on_the_contract_equals_the_wrapper_and_reports_its_curves():
     rng = np.random.default_rng(4)
     images = rng.random((2, 28, 28, 1)).astype(np.float32)

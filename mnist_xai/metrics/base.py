@@ -156,6 +156,9 @@ class MetricInput:
     masks: Any = None
     key: Any = None
     chunk: int = 256
+    #: what metrics on this same input share (deletion and insertion: one run of both curves);
+    #: a new input (``dataclasses.replace`` too) starts empty.
+    shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.images = np.asarray(self.images, np.float32)
