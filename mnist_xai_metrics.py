@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_xai.base import Explainer
+from mnist_xai.checks import positive
 from mnist_xai.metrics import MetricInput
 from mnist_xai.metrics import faithfulness as F
 from mnist_xai.metrics.randomisation import spearman_rows  # noqa: F401  (this module's name for it)
@@ -71,10 +72,7 @@ def _as_maps(maps, n: int, hw: tuple[int, int] = (28, 28)) -> np.ndarray:
 
 def positive_temperature(value) -> float:
     """A softmax temperature: a finite number > 0 (ValueError naming ``temperature`` otherwise)."""
-    t = finite_number("temperature", value)
-    if t <= 0:
-        raise ValueError(f"temperature: expected a finite number > 0, got {value!r}")
-    return t
+    return positive("temperature", value)
 
 
 def _auc(curve) -> np.ndarray:

@@ -34,6 +34,14 @@ def finite_number(name: str, value, least: float | None = None) -> float:
     return v
 
 
+def positive(name: str, value) -> float:
+    """``value`` as a finite float > 0 (a temperature, a scale); ValueError naming ``name`` otherwise."""
+    v = finite_number(name, value)
+    if v <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return v
+
+
 def _describe(x) -> str:
     return f"shape {tuple(np.shape(x))} dtype {np.asarray(x).dtype}"
 

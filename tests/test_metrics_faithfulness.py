@@ -305,6 +305,29 @@ def test_deletion_and_insertion_on_one_input_run_the_perturbed_images_once(monke
     np.testing.assert_array_equal(evaluate("insertion", fresh(), steps=4).values, i.values)
     assert len(runs) == 5
 
+
+def test_deletion_insertion_and_road_take_the_calibrated_temperature():
+    """The registered metrics track softmax(logits / T) as the wrappers do (evaluate_xai passes
+    the checkpoint's T to every metric that takes one)."""
+    images = (np.random.default_rng(2).random((3, 4, 4, 1))).astype(np.float32)
+    maps = np.random.default_rng(3).random((3, 4, 4)).astype(np.float32)
+    old = M.deletion_insertion(linear, None, None, images, maps, [0, 1, 0], steps=4, temperature=2.5)
+    for name in ("deletion", "insertion"):
+        got = evaluate(name, MetricInput(images, [0, 1, 0], maps, Explainer(linear)), steps=4, temperature=2.5)
+        np.testing.assert_allclose(got.values, old[name + "_auc"])
+        plain = evaluate(name, MetricInput(images, [0, 1, 0], maps, Explainer(linear)), steps=4)
+        assert np.abs(got.values - plain.values).max() > 1e-3, name
+    inp = lambda: MetricInput(np.repeat(images, 7, 1).repeat(7, 2), [0, 1, 0], np.repeat(maps, 7, 1).repeat(7, 2),  # noqa: E731
+                              Explainer(lambda x: linear(x[:, ::7, ::7])), key=jax.random.PRNGKey(1))
+    warm = evaluate("road", inp(), fractions=[0.25, 0.5], temperature=2.5)
+    want = F.road_curves(inp(), [0.25, 0.5], key=jax.random.PRNGKey(1), temperature=2.5)
+    np.testing.assert_allclose(warm.values, want["combined"])
+    assert np.abs(warm.values - evaluate("road", inp(), fractions=[0.25, 0.5]).values).max() > 1e-4
+    for name in ("deletion", "insertion", "road"):
+        with pytest.raises(ValueError, match="temperature: expected a finite number > 0, got 0"):
+            evaluate(name, MetricInput(images, [0, 1, 0], maps, Explainer(linear)), temperature=0)
+
+
 def test_road_on_the_contract_equals_the_wrapper_and_reports_its_curves():
     rng = np.random.default_rng(4)
     images = rng.random((2, 28, 28, 1)).astype(np.float32)

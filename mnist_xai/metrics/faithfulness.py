@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..checks import finite_number, whole_number
+from ..checks import finite_number, positive, whole_number
 from .base import MetricInput, register_metric
 
 #: perturbed images built (host side) per block before the shared forward; bounds host memory
@@ -279,9 +279,9 @@ def rise_auc(curve: np.ndarray) -> np.ndarray:
                  reference="mnist_xai_metrics.deletion_insertion (RISE's deletion game)",
                  paper="Petsiuk et al., RISE, BMVC 2018, sec. 4.1",
                  summary="Area under the target probability as the top-ranked pixels are removed (lower: more faithful)")
-def deletion(inp: MetricInput, steps: int = 16, baseline=0.0):
-    """Deletion AUC (x in [0, 1]); details: ``curve`` (N, steps + 1)."""
-    d, _ = deletion_insertion_curves(inp, steps, baseline)
+def deletion(inp: MetricInput, steps: int = 16, baseline=0.0, temperature: float = 1.0):
+    """Deletion AUC (x in [0, 1]) of softmax(logits / ``temperature``); details: ``curve`` (N, steps + 1)."""
+    d, _ = deletion_insertion_curves(inp, steps, baseline, positive("temperature", temperature))
     return rise_auc(d), {"curve": d}
 
 
@@ -289,9 +289,9 @@ def deletion(inp: MetricInput, steps: int = 16, baseline=0.0):
                  reference="mnist_xai_metrics.deletion_insertion (RISE's insertion game)",
                  paper="Petsiuk et al., RISE, BMVC 2018, sec. 4.1",
                  summary="Area under the target probability as the top-ranked pixels are inserted into a blank image")
-def insertion(inp: MetricInput, steps: int = 16, baseline=0.0):
-    """Insertion AUC (x in [0, 1]); details: ``curve`` (N, steps + 1)."""
-    _, i = deletion_insertion_curves(inp, steps, baseline)
+def insertion(inp: MetricInput, steps: int = 16, baseline=0.0, temperature: float = 1.0):
+    """Insertion AUC (x in [0, 1]) of softmax(logits / ``temperature``); details: ``curve`` (N, steps + 1)."""
+    _, i = deletion_insertion_curves(inp, steps, baseline, positive("temperature", temperature))
     return rise_auc(i), {"curve": i}
 
 
@@ -431,9 +431,11 @@ def road_curves(inp: MetricInput, fractions=ROAD_FRACTIONS, noise: float = ROAD_
                  reference="pytorch-grad-cam ROADCombined; quantus.ROAD (MoRF accuracy)",
                  paper="Rong et al., ICML 2022",
                  summary="(LeRF - MoRF) / 2 of the target probability with noisy linear imputation")
-def road(inp: MetricInput, fractions=ROAD_FRACTIONS, noise: float = ROAD_NOISE, iterations: int = ROAD_ITERATIONS):
-    """(lerf_auc - morf_auc) / 2 per image; details: the curves, AUCs, fractions and residuals."""
-    out = road_curves(inp, fractions, noise, inp.key, iterations)
+def road(inp: MetricInput, fractions=ROAD_FRACTIONS, noise: float = ROAD_NOISE, iterations: int = ROAD_ITERATIONS,
+         temperature: float = 1.0):
+    """(lerf_auc - morf_auc) / 2 per image of softmax(logits / ``temperature``); details: the
+    curves, AUCs, fractions and residuals."""
+    out = road_curves(inp, fractions, noise, inp.key, iterations, positive("temperature", temperature))
     return out["combined"], out
 
 
