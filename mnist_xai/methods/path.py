@@ -396,7 +396,9 @@ def felzenszwalb_segments(image: np.ndarray) -> list[np.ndarray]:
     sk = _skimage()
     im = np.asarray(image)
     im_max, im_min = np.max(im), np.min(im)
-    im = (im - im_min) / (im_max - im_min) * 2.0 - 1.0  # PAIR's _normalize_image to [-1, 1]
+    # PAIR's _normalize_image to [-1, 1]; a flat image (where PAIR divides 0 by 0 and segments
+    # NaNs) is one constant picture here, so one segment
+    im = (im - im_min) / (im_max - im_min) * 2.0 - 1.0 if im_max > im_min else np.zeros_like(im, np.float64)
     im = sk.transform.resize(im, FELZENSZWALB_RESIZE, order=3, mode="constant", preserve_range=True,
                              anti_aliasing=True)
     masks = []
