@@ -47,6 +47,7 @@ import inspect
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -625,7 +626,7 @@ def plot_chart(report: dict, path: Path) -> bool:
                 if np.isfinite(mat[a_i, b_i]):
                     ax.text(b_i, a_i, f"{mat[a_i, b_i]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if abs(mat[a_i, b_i]) > 0.6 else "black")
-        labels = [report["metrics"][m]["title"][:14] for m in ranked]
+        labels = [textwrap.fill(report["metrics"][m]["title"], 18) for m in ranked]  # whole, on two lines
         ax.set_xticks(range(len(ranked)), labels, rotation=60, ha="right", fontsize=6)
         ax.set_yticks(range(len(ranked)), labels, fontsize=6)
         ax.set_title("Rank agreement of the methods\n(Kendall τ; 1 = same order)", fontsize=8)
