@@ -6,11 +6,14 @@
 The rule is mnist_test_sample.npz's: the first 20 of each class, in test-set order. The files
 are checked against the official checksums first (see README.md here for where they came from).
 """
-import gzip
 import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mnist_data import IMAGE_MAGIC, LABEL_MAGIC, read_idx  # noqa: E402  (the project's IDX reader)
 
 # sha256 of the official files: tensorflow-datasets url_checksums/fashion_mnist.tsv; for KMNIST's
 # npz files, the md5s of the official files (Mila's mirror) turned into these sha256s.
@@ -25,20 +28,15 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def idx(raw: bytes, dims: int) -> np.ndarray:
-    assert raw[:4] == bytes([0, 0, 8, dims]), raw[:4]
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def official_gz(path: str, name: str) -> bytes:
-    """A .gz whose only change is its 10-byte header (Debian's): the official header put back."""
+def official_gz(path: str, name: str, magic: int) -> np.ndarray:
+    """The IDX array of ``path``, checked to be the official .gz, or one whose only change is its
+    10-byte header (Debian's): with the official header put back, the same bytes."""
     data = open(path, "rb").read()
     if sha256(data) != FASHION[name]:
         data = bytes.fromhex("1f8b0808" + FASHION_MTIME + "0003") + name.encode() + b"\0" + data[10:]
     if sha256(data) != FASHION[name]:
         sys.exit(f"{path}: not the official {name}.gz (sha256 {sha256(data)})")
-    return gzip.decompress(data)
+    return read_idx(path, magic)  # the header is not part of the data
 
 
 def save(out: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -52,8 +50,8 @@ def save(out: str, images: np.ndarray, labels: np.ndarray) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["fashion"] and len(sys.argv) == 4:
         folder, out = sys.argv[2:]
-        images = idx(official_gz(f"{folder}/t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte"), 3)
-        labels = idx(official_gz(f"{folder}/t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte"), 1)
+        images = official_gz(f"{folder}/t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte", IMAGE_MAGIC)
+        labels = official_gz(f"{folder}/t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte", LABEL_MAGIC)
         save(out, images, labels)
     elif sys.argv[1:2] == ["kmnist"] and len(sys.argv) == 5:
         imgs, lbls, out = sys.argv[2:]

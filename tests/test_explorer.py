@@ -389,7 +389,6 @@ def test_another_datasets_checkpoint_offers_its_own_samples_or_says_none_are_shi
     assert "Fashion-MNIST test image #2 (labelled 2)" in inp and "Pullover" in page
 
 
-
 @pytest.mark.parametrize("dataset, first_labels", [("fashion_mnist", [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]),
                                                    ("kmnist", [2, 9, 3, 8, 3, 3, 8, 3, 2, 5])])
 def test_fashion_and_kmnist_checkpoints_are_offered_their_own_shipped_test_images(dataset, first_labels):
@@ -404,6 +403,7 @@ def test_fashion_and_kmnist_checkpoints_are_offered_their_own_shipped_test_image
     assert ("MIT" if dataset == "fashion_mnist" else "CC BY-SA 4.0") in shipped.credit
     mnist = np.load(E.sample_path("mnist"))["images"]
     assert not any((d["images"][i] == mnist).all(axis=(1, 2, 3)).any() for i in range(10))
+
 
 def test_warm_up_takes_the_whole_path_and_the_background_yields_to_requests(explorer, monkeypatch):
     calls = []

@@ -284,7 +284,6 @@ def test_deletion_and_insertion_on_the_contract_equal_the_wrapper():
     assert not d.higher_is_better and i.higher_is_better
 
 
-
 def test_deletion_and_insertion_on_one_input_run_the_perturbed_images_once(monkeypatch):
     """evaluate_xai keeps one MetricInput a block for all metrics: the second of deletion and
     insertion takes the curves the first computed (both come from one run); other options, or a
