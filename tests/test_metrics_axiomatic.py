@@ -172,6 +172,31 @@ def test_input_invariance_known_answers():
     np.testing.assert_array_equal(r.values, [0, 0])  # from a zero baseline: not invariant (Kindermans et al.)
 
 
+
+def test_input_invariance_makes_its_shifted_explainer_once_per_weights():
+    """The shifted model is built (and compiled) once per explainer and weights, not per call;
+    other weights get their own: reusing the first's would compare B's maps with the shifted A."""
+    from flax import linen as nn
+
+    from mnist_xai.metrics import axiomatic
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.relu(nn.Dense(8)(x.reshape(len(x), -1))))
+
+    x = np.random.default_rng(1).random((3, 4, 4, 1)).astype(np.float32)
+    sal = X.Saliency(Tiny())
+    results = []
+    for seed in (0, 1):
+        params = Tiny().init(jax.random.PRNGKey(seed), x)["params"]
+        inp = MetricInput(x, targets=0, maps=sal.attribute(params, None, x, [0, 0, 0]), explainer=sal, params=params)
+        first = axiomatic._shifted_for(inp, -1.0)
+        assert axiomatic._shifted_for(inp, -1.0) is first
+        assert axiomatic._shifted_for(inp, -0.5) is not first
+        results.append(evaluate("input_invariance", inp).values)
+    np.testing.assert_array_equal(results, np.ones((2, 3)))  # Saliency of a ReLU network is invariant
+
 def test_completeness_equals_the_old_completeness_error():
     from metric_models import metric_input
     import mnist_xai_metrics as M

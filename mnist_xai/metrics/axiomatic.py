@@ -150,6 +150,25 @@ def shifted_explainer(explainer, variables, shift: float):
     return spec.cls(shifted, **options)
 
 
+#: the last few shifted explainers, each with what it was made from (matched by identity: the
+#: variables are baked into its compiled program, so other weights make another explainer)
+_SHIFTED: list = []
+_SHIFTED_KEPT = 4
+
+
+def _shifted_for(inp: MetricInput, shift: float):
+    """``shifted_explainer`` of ``inp``'s explainer and weights, made once per (explainer, shift,
+    params, batch_stats) and reused: a new one is a new function, and so a new compilation on
+    every call (input invariance ran at 0.1x Quantus's speed before)."""
+    for explainer, s, params, batch_stats, made in _SHIFTED:
+        if explainer is inp.explainer and s == shift and params is inp.params and batch_stats is inp.batch_stats:
+            return made
+    made = shifted_explainer(inp.explainer, inp.variables, shift)
+    _SHIFTED.insert(0, (inp.explainer, shift, inp.params, inp.batch_stats, made))
+    del _SHIFTED[_SHIFTED_KEPT:]
+    return made
+
+
 @register_metric("input_invariance", title="Input invariance", family="axiomatic", higher_is_better=True,
                  needs=("explainer", "maps"), reference="quantus.InputInvariance", paper=KINDERMANS)
 def input_invariance(inp: MetricInput, input_shift: float = -1.0, atol: float = 1e-4):
@@ -168,7 +187,7 @@ def input_invariance(inp: MetricInput, input_shift: float = -1.0, atol: float = 
     input_shift = finite_number("input_shift", input_shift)
     atol = finite_number("atol", atol, 0.0)
     _input_method(inp.explainer)
-    shifted = shifted_explainer(inp.explainer, inp.variables, input_shift)
+    shifted = _shifted_for(inp, input_shift)
     moved = np.asarray(shifted.attribute(None, None, inp.images + np.float32(input_shift), inp.targets, key=inp.key))
     a = np.asarray(inp.maps, np.float32)
     same = np.isclose(a, moved, atol=atol).reshape(len(inp), -1).all(1)
