@@ -52,7 +52,9 @@ Choices, where they depart from Quantus 0.6.0 (each is an option):
   ``nan_when_prediction_changes`` (default for the three relative stabilities, as Quantus),
   and the max is over the others (Agarwal et al. maximise over x' with the same prediction);
   Quantus takes ``np.max`` of a row with NaNs (relative_input_stability.py:309), i.e. NaN for an
-  image as soon as one of its 200 perturbations flips. NaN here only when every one does.
+  image as soon as one of its 200 perturbations flips. NaN here only when every one does, with a
+  RuntimeWarning saying for how many images (Quantus's default noise flips every one of the
+  shipped model's predictions on most digits: pass a smaller ``high``).
 
 Randomness: the noise of step ``s`` is drawn from ``jax.random.fold_in(inp.key, s)`` for all
 images at once (``perturbations``), so a score does not depend on how steps are grouped.
@@ -60,6 +62,7 @@ images at once (``perturbations``), so a score does not depend on how steps are 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -202,6 +205,11 @@ def max_sensitivity(inp: MetricInput, samples: int = 200, radius: float = 0.2, n
     vals = perturbed_scores(inp, score, samples, "uniform", -radius, radius, clip=clip, normalise=normalise, abs=abs,
                             nan_when_prediction_changes=nan_when_prediction_changes, steps_per_call=steps_per_call)
     red = _nan_reduce(vals, "max")
+    lost = int(np.isnan(red).sum()) if nan_when_prediction_changes else 0
+    if lost:  # Quantus's default noise flips most predictions of the shipped MNIST model (every one of 3 digits)
+        warnings.warn(f"{name}: the prediction changed under all {samples} perturbations of {lost} of {len(inp)} "
+                      f"images (noise U({low:g}, {high:g})), whose values are NaN; a smaller high= keeps more "
+                      f"(e.g. high=0.05 on inputs in [0, 1])", RuntimeWarning, stacklevel=4)
     return (red, _details(vals)) if return_samples else red
 
 
@@ -239,10 +247,15 @@ def local_lipschitz_estimate(inp: MetricInput, samples: int = 200, sigma: float 
     vals = perturbed_scores(inp, score, samples, "normal", float(mean), sigma, clip=clip, normalise=normalise, abs=abs,
                             nan_when_prediction_changes=nan_when_prediction_changes, steps_per_call=steps_per_call)
     red = _nan_reduce(vals, "max")
+    lost = int(np.isnan(red).sum()) if nan_when_prediction_changes else 0
+    if lost:  # Quantus's default noise flips most predictions of the shipped MNIST model (every one of 3 digits)
+        warnings.warn(f"{name}: the prediction changed under all {samples} perturbations of {lost} of {len(inp)} "
+                      f"images (noise U({low:g}, {high:g})), whose values are NaN; a smaller high= keeps more "
+                      f"(e.g. high=0.05 on inputs in [0, 1])", RuntimeWarning, stacklevel=4)
     return (red, _details(vals)) if return_samples else red
 
 
-def _stability(inp, denominator, samples, low, high, eps_min, normalise, abs, clip, nan_when_prediction_changes,
+def _stability(name, inp, denominator, samples, low, high, eps_min, normalise, abs, clip, nan_when_prediction_changes,
                steps_per_call, return_samples, need_logits=False, representation=None):
     eps_min = _positive("eps_min", eps_min)
     low, high = float(low), float(high)
@@ -257,6 +270,11 @@ def _stability(inp, denominator, samples, low, high, eps_min, normalise, abs, cl
                             nan_when_prediction_changes=nan_when_prediction_changes, steps_per_call=steps_per_call,
                             need_logits=need_logits, representation=representation)
     red = _nan_reduce(vals, "max")
+    lost = int(np.isnan(red).sum()) if nan_when_prediction_changes else 0
+    if lost:  # Quantus's default noise flips most predictions of the shipped MNIST model (every one of 3 digits)
+        warnings.warn(f"{name}: the prediction changed under all {samples} perturbations of {lost} of {len(inp)} "
+                      f"images (noise U({low:g}, {high:g})), whose values are NaN; a smaller high= keeps more "
+                      f"(e.g. high=0.05 on inputs in [0, 1])", RuntimeWarning, stacklevel=4)
     return (red, _details(vals)) if return_samples else red
 
 
@@ -271,8 +289,8 @@ def relative_input_stability(inp: MetricInput, samples: int = 200, low: float = 
     """Max over x' = x + U(low, high) of ||(a - a')/a|| / ||(x - x')/x|| (module docstring)."""
     def den(x, xp, _):
         return _norm(_relative(x[None] - xp, x[None], eps_min))
-    return _stability(inp, den, samples, low, high, eps_min, normalise, abs, clip, nan_when_prediction_changes,
-                      steps_per_call, return_samples)
+    return _stability("relative_input_stability", inp, den, samples, low, high, eps_min, normalise, abs, clip,
+                      nan_when_prediction_changes, steps_per_call, return_samples)
 
 
 @register_metric("relative_output_stability", title="Relative output stability", family="robustness",
@@ -287,8 +305,8 @@ def relative_output_stability(inp: MetricInput, samples: int = 200, low: float =
     def den(x, xp, extra):
         h, hp = extra
         return _norm(h[None] - hp)
-    return _stability(inp, den, samples, low, high, eps_min, normalise, abs, clip, nan_when_prediction_changes,
-                      steps_per_call, return_samples, need_logits=True)
+    return _stability("relative_output_stability", inp, den, samples, low, high, eps_min, normalise, abs, clip,
+                      nan_when_prediction_changes, steps_per_call, return_samples, need_logits=True)
 
 
 @functools.lru_cache(maxsize=32)
@@ -347,5 +365,5 @@ def relative_representation_stability(inp: MetricInput, samples: int = 200, low:
     def den(x, xp, extra):
         r, rp = extra
         return _norm(_relative(r[None] - rp, r[None], eps_min))
-    return _stability(inp, den, samples, low, high, eps_min, normalise, abs, clip, nan_when_prediction_changes,
-                      steps_per_call, return_samples, representation=rep)
+    return _stability("relative_representation_stability", inp, den, samples, low, high, eps_min, normalise, abs, clip,
+                      nan_when_prediction_changes, steps_per_call, return_samples, representation=rep)
