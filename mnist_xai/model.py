@@ -8,7 +8,9 @@ targets)``; images are always NHWC, (N, H, W, C)):
   ``{"params": ..., "batch_stats": ...}`` may be passed as ``params`` (then ``batch_stats=None``).
   Layers by module path, ``"block3/conv2"``, reached with ``flax.linen.intercept_methods``.
 * **flax.nnx** ``Module`` and **Equinox** ``Module``: they carry their own state, so
-  ``attribute(None, None, images)``. An Equinox model made with ``eqx.nn.make_with_state``
+  ``attribute(None, None, images)``, or ``attribute(groups, None, images)`` with some of
+  ``param_groups()``' entries replaced (other weights, e.g. randomised; the model is not changed).
+  An Equinox model made with ``eqx.nn.make_with_state``
   (BatchNorm) takes its ``eqx.nn.State`` as ``batch_stats``: ``attribute(None, state, images)``.
   Inference mode is set on a copy (``nnx.view(deterministic=True, use_running_average=True)``,
   ``eqx.nn.inference_mode``); the user's model is never changed. Layers by attribute path,
@@ -260,14 +262,22 @@ class ExplainedModel:
         the wrong network); nnx: the model's state; Equinox: its arrays (and State); Haiku:
         ``(params, state)``; a function: None."""
         if self.family == "nnx":
-            self._own_state(params, batch_stats, state_ok=False)
-            self._graphdef, state = sys.modules["flax.nnx"].split(self.raw)
+            nnx = sys.modules["flax.nnx"]
+            groups = self._groups_given(params)
+            self._own_state(None if groups is not None else params, batch_stats, state_ok=False)
+            self._graphdef, state = nnx.split(self.raw)
+            if groups is not None:
+                state = jax.tree_util.tree_map(lambda a: a, state)  # a copy: the model keeps its own
+                nnx.replace_by_pure_dict(state, groups)
             return state
         if self.family == "equinox":
             eqx = sys.modules["equinox"]
             is_state = isinstance(batch_stats, eqx.nn.State)
-            self._own_state(params, batch_stats, state_ok=is_state)
+            groups = self._groups_given(params)
+            self._own_state(None if groups is not None else params, batch_stats, state_ok=is_state)
             arrays, self._static = eqx.partition(self.raw, eqx.is_array)
+            for name, sub in (groups or {}).items():
+                arrays = eqx.tree_at(lambda m, name=name: getattr(m, name), arrays, sub)
             return arrays, (batch_stats if is_state else None)
         if self.family == "haiku":
             return self._haiku_variables(params, batch_stats)
@@ -295,6 +305,43 @@ class ExplainedModel:
             name, want, found = mismatch
             raise ValueError(f"params/batch_stats do not fit {self.name}: {name} expected {want}, got {found}")
         return {c: variables[c] for c in variables if c in wanted or c == "params"}
+
+    def param_groups(self) -> dict:
+        """An nnx or Equinox model's own parameters, one entry per top-level submodule (attribute)
+        that holds any: ``{"stem": {"kernel": ..., "bias": ...}, ...}`` (nnx: ``nnx.to_pure_dict``
+        of its ``nnx.Param`` state, running statistics and RNG state left out; Equinox: the
+        arrays of each field). What the randomisation metrics re-initialise group by group, as
+        they do a flax.linen or Haiku params dict: ``attribute(groups, None, images)`` explains the
+        model with these parameters in place of its own (some groups or all)."""
+        if self.family == "nnx":
+            nnx = sys.modules["flax.nnx"]
+            return dict(nnx.to_pure_dict(nnx.state(self.raw, nnx.Param)))
+        if self.family == "equinox":
+            eqx = sys.modules["equinox"]
+            arrays, _ = eqx.partition(self.raw, eqx.is_array)
+            return {f.name: getattr(arrays, f.name) for f in dataclasses.fields(arrays)
+                    if jax.tree_util.tree_leaves(getattr(arrays, f.name))}
+        raise ValueError(f"param_groups: a {self.family} model's parameters are its params dict; "
+                         f"expected a flax.nnx or Equinox Module, got {self.name}")
+
+    def _groups_given(self, params):
+        """``params`` when it is a dict of some of ``param_groups``' entries, same structure and
+        shapes (nnx, Equinox); None when it is not a dict (``_own_state`` then checks it)."""
+        if not isinstance(params, dict):
+            return None
+        own = self.param_groups()
+
+        def spec(tree):
+            leaves, treedef = jax.tree_util.tree_flatten(tree)
+            return treedef, [np.shape(a) for a in leaves]
+        wrong = [k for k in params if k not in own or spec(params[k]) != spec(own[k])]
+        if wrong or not params:
+            library = "flax.nnx" if self.family == "nnx" else "Equinox"
+            raise ValueError(f"params: a {library} Module takes None (its own state) or some of its parameter "
+                             f"groups ({', '.join(own)}) with their own structure and shapes, as "
+                             f"explained(model).param_groups() gives them; got "
+                             f"{'an empty dict' if not params else 'a mismatch in ' + ', '.join(map(str, wrong))}")
+        return params
 
     def _haiku_variables(self, params, batch_stats):
         if not hasattr(params, "keys"):

@@ -259,6 +259,49 @@ def test_every_randomisation_metric_runs_on_the_shipped_model_and_a_32x32_rgb_re
     assert [n for n, _ in RA.cascade(inp)] == ["classifier", "block2", "block1", "stem_bn", "stem"]
 
 
+
+@pytest.mark.parametrize("family", ["nnx", "equinox"])
+def test_randomisation_of_an_nnx_or_equinox_model_reinitialises_its_own_parameters(family):
+    """Models that carry their own state: the cascade runs over their top-level attributes, and
+    the fully randomised stage's maps are those of the model rebuilt by hand with the fresh
+    weights; the fresh weights equal to the model's own leave every map as it was."""
+    T = pytest.importorskip("test_model_families")
+    import equinox as eqx
+    from flax import nnx
+
+    from mnist_xai.model import explained
+
+    model, _, _, _, _ = T.build(family, T.CHANNELS[family])
+    x = np.clip(T._images(T.CHANNELS[family]), 0, 1)
+    inp = MetricInput(x, explainer=X.Saliency(model), key=jax.random.PRNGKey(0))
+    inp.maps = inp.explain()
+    own = explained(model).param_groups()
+    assert set(own) == {"stem", "block", "head"} | ({"bn"} if family == "nnx" else set())
+    same = evaluate("model_parameter_randomisation", inp, fresh_params=own, abs=False)
+    np.testing.assert_allclose(same.details["rho"], 1.0, atol=1e-12)
+    fresh = RA.gaussian_params(own, jax.random.PRNGKey(5))
+    r = evaluate("model_parameter_randomisation", inp, fresh_params=fresh, keep_maps=True)
+    assert r.details["layers"][-1] == "stem" and np.isfinite(r.values).all()
+    if family == "nnx":
+        rebuilt = nnx.clone(model)
+        weights = nnx.state(rebuilt, nnx.Param)
+        nnx.replace_by_pure_dict(weights, fresh)
+        nnx.update(rebuilt, weights)
+    else:
+        rebuilt = model
+        for name, sub in fresh.items():
+            static = eqx.partition(getattr(model, name), eqx.is_array)[1]
+            rebuilt = eqx.tree_at(lambda m, name=name: getattr(m, name), rebuilt, eqx.combine(sub, static))
+    by_hand = X.Saliency(rebuilt).attribute(None, None, x, inp.targets)
+    scale = np.abs(by_hand).max()
+    np.testing.assert_allclose(r.details["maps"][-1], by_hand, rtol=1e-5, atol=1e-5 * scale)
+    assert np.abs(by_hand - inp.maps).max() > 0.1 * scale  # the fresh weights do change the maps
+    for after, before in zip(jax.tree_util.tree_leaves(explained(model).param_groups()), jax.tree_util.tree_leaves(own)):
+        np.testing.assert_array_equal(after, before)  # the user's model is left alone
+    with pytest.raises(ValueError, match=r"^params: a .* Module takes None \(its own state\) or some of its "
+                                         r"parameter groups .*got a mismatch in nope$"):
+        X.Saliency(model).attribute({"nope": np.zeros(3)}, None, x)
+
 def test_wrong_options_say_so_in_one_line(linear):
     inp, fresh, _, _ = linear
     cases = [("model_parameter_randomisation", {"order": "sideways"},

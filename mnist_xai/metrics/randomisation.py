@@ -35,8 +35,9 @@ Metrics (names as registered; Quantus 0.6.0 classes in ``quantus/metrics/randomi
 
 The randomised parameters: ``fresh_params`` (a tree like ``inp.params``, e.g. the model's init
 with another seed), or by default the model's own initialisers with a key drawn from
-``inp.key`` (``fresh_params_of``; a flax.linen model: ``module.init``; a Haiku params dict:
-``gaussian_params``, each leaf redrawn with its own spread), as Quantus calls each
+``inp.key`` (``fresh_params_of``; a flax.linen model: ``module.init``; a Haiku params dict, or
+an nnx or Equinox model's parameter groups (``ExplainedModel.param_groups``: one per top-level
+attribute): ``gaussian_params``, each leaf redrawn with its own spread), as Quantus calls each
 torch layer's ``reset_parameters`` (pytorch_model.py:319-332). Stages: the top-level parameter
 groups (``stages_of``: MNISTCNN as today, dense2 ... conv1 with each conv's BatchNorm; other
 models, the reverse of the order their forward pass calls them) or ``layers=[...]``, each entry a group name or a tuple of
@@ -84,9 +85,14 @@ def spearman_rows(a, b) -> np.ndarray:
 
 
 def _params_dict(inp: MetricInput):
+    """The parameter groups the cascade re-initialises: a flax.linen or Haiku params dict, or an
+    nnx / Equinox model's own (``ExplainedModel.param_groups``, when ``inp.params`` is None)."""
+    target = inp.explainer.target
+    if inp.params is None and target.family in ("nnx", "equinox"):
+        return target.param_groups()
     if not hasattr(inp.params, "keys"):
         raise ValueError(f"params: a randomisation metric re-initialises parameter groups of a params dict (flax.linen, "
-                         f"Haiku); got {type(inp.params).__name__}")
+                         f"Haiku) or of an nnx or Equinox Module; got {type(inp.params).__name__}")
     return inp.params
 
 
