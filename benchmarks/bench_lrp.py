@@ -13,8 +13,25 @@ options of benchmarks/make_reference_lrp.METHODS (the parity fixture's).
 zennit runs with ``SequentialMergeBatchNorm`` (registered once, outside the timed loop, like
 the composite's hooks) in batches of ``--batch-size``; the predicted class is a no-grad
 forward pass per batch inside the timed region (bench_xai.run_torch_method), as Captum's is
-in bench_xai.py. Ours: ``attribute(params, batch_stats, images)`` after an untimed warm-up on
-``min(N, chunk_size)`` images, which compiles the timed shapes (bench_xai.py's "Timing").
+in bench_xai.py, after an untimed warm-up on one full batch (the timed batches' shapes). Ours:
+``attribute(params, batch_stats, images)`` after an untimed warm-up on ``min(N, chunk_size)``
+images, which compiles the timed shapes (bench_xai.py's "Timing"). Each side is timed
+``--repeats`` times, alternating, and the best pass is reported: on shared cores single passes
+of zennit swung 10x with other jobs' load (torch's two OpenMP threads wait at every op's
+barrier for a descheduled one), which made the first-run tables below measure the load.
+
+Measured 2026-12-04 02:28-02:31 UTC after the sign analysis (lrp_rules.nonnegative) and LRP's
+CPU chunk of 32, load 1.7-1.8 (other jobs), 200 test digits, 3 passes a side (maps/s, best):
+
+    method                 ours   zennit  ratio   (Captum LRP-epsilon: 578, ours 2.6x)
+    lrp_epsilon            1519   767     2.0x
+    lrp_gamma              508    320     1.6x
+    lrp_alpha_beta         497    365     1.4x
+    lrp_epsilon_plus       722    627     1.2x
+    lrp_epsilon_gamma_box  487    333     1.5x
+    lrp_epsilon_plus_flat  1007   628     1.6x
+
+Earlier (single passes, zennit warmed on 16 images):
 
 Measured 2026-12-03 on this project's 2-core AMD EPYC (shared with other jobs: load 1.3-7),
 200 shipped sample digits, pretrained/ weights, torch 2 threads, batch 100 (maps/s):
