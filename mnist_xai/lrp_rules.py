@@ -55,6 +55,15 @@ positive/negative parts of the merged weights, ``A_V(v) = conv or dense of v wit
 * ``Flat`` (rules.py:409-433): weights all ones, no bias, input ones:
   ``R_x = A_1^T(R / stab(A_1(1)))``, whatever the weights and the input.
 
+**Inputs known to be >= 0.** ``nonnegative`` reads the tape once: a value made by
+``max(v, c)`` with a constant ``c >= 0`` (ReLU), then moved by max-pools, reshapes, slices,
+sums and sign-keeping average pools, is >= 0 whatever the image. A layer fed by one has
+x- = 0, so the rules above lose every term on x- (zennit computes them, on zeros): Gamma,
+AlphaBeta and ZPlus cost two convolutions and two transposed ones there instead of four and
+four, and ZPlus, whose beta terms are all zero, one and one where no merged scale is negative
+(``_zplus_nonneg``). Nothing is assumed of the model's input, or of a value such as
+``relu(v) - 0.5``; the maps are the same to float rounding (tests/test_lrp.py).
+
 Where zennit and Captum disagree (Captum 0.9 captum/attr/_core/lrp.py and
 attr/_utils/lrp_rules.py): Captum has no BatchNorm merging (it applies its epsilon rule to
 ``BatchNorm2d`` as a layer of its own, with the BatchNorm's shift as a bias), applies the
@@ -129,6 +138,12 @@ class Layer:
     kind: str
     index: int = 0
     names: tuple = ()
+    #: the chain keeps a value >= 0 non-negative (relabels, mul/add by constants >= 0, div by
+    #: constants > 0): a pool of non-negative values is non-negative (``nonnegative``)
+    keeps_sign: bool = False
+    #: the layer's input is provably >= 0 in every world (``nonnegative``): x- = 0, so every
+    #: term of a rule on x- vanishes and is skipped
+    nonneg: bool = False
 
     def lin(self, v, w=None):
         """P(L(v, w)) (w: the layer's own weights when None; ignored for a sum)."""
@@ -151,18 +166,24 @@ class Layer:
     # A_{W'-}(v) = s- P(v) + s+ N(v) (a negative s swaps the parts, as merging would). So a rule
     # costs two convolutions per input variant and two transposed ones per output (``pn``, ``pn_t``).
 
-    def pn(self, v0, v1):
-        """((P(v0), N(v0)), (P(v1), N(v1)))."""
+    def parts(self, v):
+        """(P(v), N(v))."""
+        w = self.weight
+        return self.lin(v, jnp.maximum(w, 0)), self.lin(v, jnp.minimum(w, 0))
+
+    def parts_t(self, gp, gn, like):
+        """P^T(gp) + N^T(gn): the transpose of ``parts``, as one ``linear_transpose``."""
         w = self.weight
         wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
-        return (self.lin(v0, wp), self.lin(v0, wn)), (self.lin(v1, wp), self.lin(v1, wn))
+        return jax.linear_transpose(lambda v: (self.lin(v, wp), self.lin(v, wn)), like)((gp, gn))[0]
+
+    def pn(self, v0, v1):
+        """((P(v0), N(v0)), (P(v1), N(v1)))."""
+        return self.parts(v0), self.parts(v1)
 
     def pn_t(self, gp0, gn0, gp1, gn1, like):
         """(P^T(gp0) + N^T(gn0), P^T(gp1) + N^T(gn1)): the transpose of ``pn``."""
-        w = self.weight
-        wp, wn = jnp.maximum(w, 0), jnp.minimum(w, 0)
-        return (self.lin_t(gp0, like, wp) + self.lin_t(gn0, like, wn),
-                self.lin_t(gp1, like, wp) + self.lin_t(gn1, like, wn))
+        return self.parts_t(gp0, gn0, like), self.parts_t(gp1, gn1, like)
 
     def signs(self):
         """(s, s+, s-)."""
@@ -207,7 +228,7 @@ def fuse(trace: jr.Trace, x_key, out_key, names: list | None = None):
         key = e.outs[0]
         u = value(key)
         s, t = jnp.ones(u.shape, u.dtype), jnp.zeros(u.shape, u.dtype)
-        relabel, chain = [], []
+        relabel, chain, keeps = [], [], True
         while key != out_key and len(consumers[key]) == 1:
             j = consumers[key][0]
             c = tape[j]
@@ -223,13 +244,14 @@ def fuse(trace: jr.Trace, x_key, out_key, names: list | None = None):
                 if st is None:
                     break
                 s, t = st
+                keeps = keeps and _keeps_sign(c, li, trace)
             else:
                 break
             chain.append(j)
             key = c.outs[0]
         skip.update(chain)
         weight = value(e.ins[1 - op]) if kind != "pool" else None
-        layer = Layer(e, op, weight, relabel, s, t, kind, count, _names(e.scope, names))
+        layer = Layer(e, op, weight, relabel, s, t, kind, count, _names(e.scope, names), keeps)
         count += 1
         new.append(jr.Eqn(FUSED, {"layer": layer}, [e.ins[op]], [key], (True,), e.scope))
     trace.tape = new
@@ -239,6 +261,75 @@ def _names(scope: str, names: list | None) -> tuple:
     if not names:
         return ()
     return tuple(names[int(m)] for m in _SCOPE_RE.findall(scope) if int(m) < len(names))
+
+
+# ----------------------------------------------------------------------------- sign analysis
+
+#: structure whose result is >= 0 wherever every floating-point operand is (operands off the
+#: path must be concrete constants >= 0); ``max`` needs one operand >= 0 only
+SIGN_KEEPING = {"reshape", "squeeze", "expand_dims", "transpose", "broadcast_in_dim", "convert_element_type",
+                "copy", "copy_p", "slice", "dynamic_slice", "rev", "gather", "pad", "concatenate", "select_n",
+                "reduce_max", "reduce_window_max", "reduce_min", "reduce_window_min", "reduce_sum",
+                "reduce_window_sum", "cumsum", "reduce_precision", "add", "add_any", "mul", "min"}
+#: elementwise maps whose result is >= 0 whatever the operand
+NONNEG_RESULT = {"abs", "exp", "exp2", "logistic", "square"}
+
+
+def _concrete_sign(trace: jr.Trace, key, positive=False) -> bool:
+    """The value of ``key`` is a constant known while tracing, >= 0 (> 0: ``positive``) everywhere."""
+    c = trace.concrete.get(key)
+    if c is None:
+        return False
+    c = np.asarray(c)
+    return bool(np.all(c > 0) if positive else np.all(c >= 0))
+
+
+def _keeps_sign(eqn: jr.Eqn, live: int, trace: jr.Trace) -> bool:
+    """The affine step ``eqn`` of a layer's chain (live operand ``live``) maps values >= 0 to values >= 0."""
+    other = eqn.ins[1 - live] if len(eqn.ins) == 2 else None
+    if eqn.name in ("add", "mul"):
+        return _concrete_sign(trace, other)
+    if eqn.name == "div":
+        return live == 0 and _concrete_sign(trace, other, positive=True)
+    return False
+
+
+def nonnegative(trace: jr.Trace, x_key) -> set:
+    """The keys of the values on the path that are provably >= 0 in every world, from the
+    tape's structure alone (nothing is assumed of the input ``x_key``): ``max(v, c)`` with a
+    constant ``c >= 0`` (ReLU), then whatever ``SIGN_KEEPING`` / ``NONNEG_RESULT`` structure
+    (max-pools, reshapes, sums of such values, ...) and sign-keeping pools (``Layer.keeps_sign``)
+    make of them. A layer whose input is in the set has x- = 0: its rule skips every term on
+    x- (zennit computes them, and they are zero there: rules.py:127-281)."""
+    known: set = set()
+
+    def sure(key, positive=False):
+        return key in known or _concrete_sign(trace, key, positive)
+
+    for e in trace.tape:
+        floats = [k for k in e.ins if jnp.issubdtype(jnp.result_type(trace.values[k][0]), jnp.inexact)]
+        name = e.name
+        if e.primitive is FUSED:
+            layer = e.params["layer"]
+            layer.nonneg = e.ins[0] in known
+            ok = layer.kind == "pool" and layer.keeps_sign and layer.nonneg
+        elif name == "max":
+            ok = any(sure(k) for k in floats)
+        elif name == "div":
+            ok = len(e.ins) == 2 and sure(e.ins[0]) and _concrete_sign(trace, e.ins[1], positive=True)
+        elif name == "clamp":  # clamp(low, x, high)
+            ok = sure(e.ins[0])
+        elif name == "integer_pow":
+            ok = e.params.get("y", 1) % 2 == 0 or sure(e.ins[0])
+        elif name in NONNEG_RESULT:
+            ok = True
+        elif name in SIGN_KEEPING:
+            ok = bool(floats) and all(sure(k) for k in floats)
+        else:
+            ok = False
+        if ok:
+            known.update(e.outs)
+    return known
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -283,6 +374,27 @@ class ZPlus:
         return AlphaBeta(1.0, 0.0, self.stabilizer)(layer, x, z, r, worlds)
 
 
+def _zplus_nonneg(layer, x, r, alpha, stabilizer):
+    """z+ on an input >= 0: ``x (P^T(s+ g) + N^T(s- g))``, ``g = alpha R / stab(s+ P(x) + s- N(x) + b'+)``.
+    Where no merged scale is negative (s- = 0, the usual BatchNorm) the N terms are zeros, and
+    ``lax.cond`` skips them at run time (one convolution and one transpose instead of two of each;
+    the same values: s+ P + 0 N = s+ P)."""
+    _, sp, sn = layer.signs()
+    tp = jnp.maximum(layer.t, 0)
+
+    def both(x, r):
+        pp, np_ = layer.parts(x)
+        g = r / stabilize(sp * pp + sn * np_ + tp, stabilizer)
+        return x * layer.parts_t(alpha * sp * g, alpha * sn * g, x)
+
+    def positive(x, r):
+        wp = jnp.maximum(layer.weight, 0)
+        g = r / stabilize(sp * layer.lin(x, wp) + tp, stabilizer)
+        return x * layer.lin_t(alpha * sp * g, x, wp)
+
+    return jax.lax.cond(jnp.any(layer.s < 0), both, positive, x, r)
+
+
 @dataclass(frozen=True)
 class AlphaBeta:
     """LRP-alpha-beta (zennit rules.py:221-281), alpha - beta = 1, both >= 0."""
@@ -299,15 +411,23 @@ class AlphaBeta:
 
     def __call__(self, layer, x, z, r, worlds):
         _, sp, sn = layer.signs()
+        t = layer.t
+        a, b = self.alpha, self.beta
+        if layer.nonneg:  # x+ = x, x- = 0: the terms on x- vanish (P(x-) = N(x-) = 0)
+            if b == 0:  # ZPlus: no beta terms at all
+                return _zplus_nonneg(layer, x, r, a, self.stabilizer)
+            pp, np_ = layer.parts(x)
+            ga = r / stabilize(sp * pp + sn * np_ + jnp.maximum(t, 0), self.stabilizer)
+            gb = r / stabilize(sn * pp + sp * np_ + jnp.minimum(t, 0), self.stabilizer)
+            return x * layer.parts_t(a * sp * ga - b * sn * gb, a * sn * ga - b * sp * gb, x)
         xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
         (pp, np_), (pn, nn) = layer.pn(xp, xn)  # P(x+), N(x+), P(x-), N(x-)
-        t = layer.t
         # A_{W'+}(x+) + b'+ + A_{W'-}(x-), and A_{W'-}(x+) + b'- + A_{W'+}(x-)
         ga = r / stabilize(sp * pp + sn * np_ + jnp.maximum(t, 0) + sn * pn + sp * nn, self.stabilizer)
+        if b == 0:  # ZPlus: x+ A_{W'+}^T ga + x- A_{W'-}^T ga
+            on_pos, on_neg = layer.pn_t(a * sp * ga, a * sn * ga, a * sn * ga, a * sp * ga, x)
+            return xp * on_pos + xn * on_neg
         gb = r / stabilize(sn * pp + sp * np_ + jnp.minimum(t, 0) + sp * pn + sn * nn, self.stabilizer)
-        if self.beta == 0:
-            gb = jnp.zeros_like(gb)
-        a, b = self.alpha, self.beta
         # x+ (alpha A_{W'+}^T ga - beta A_{W'-}^T gb) + x- (alpha A_{W'-}^T ga - beta A_{W'+}^T gb)
         on_pos, on_neg = layer.pn_t(a * sp * ga - b * sn * gb, a * sn * ga - b * sp * gb,
                                     a * sn * ga - b * sp * gb, a * sp * ga - b * sn * gb, x)
@@ -329,12 +449,19 @@ class Gamma:
     def __call__(self, layer, x, z, r, worlds):
         gm = self.gamma
         s, sp, sn = layer.signs()
-        xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
-        (pp, np_), (pn, nn) = layer.pn(xp, xn)
         t = layer.t
         # W' + gamma W'+ = (s + gamma s+) on P, (s + gamma s-) on N; W' + gamma W'- the other way
         up_p, up_n = s + gm * sp, s + gm * sn
         down_p, down_n = s + gm * sn, s + gm * sp
+        if layer.nonneg:  # x+ = x, x- = 0: o1 = o3 = 0 and the x- terms vanish
+            pp, np_ = layer.parts(x)
+            o0 = up_p * pp + up_n * np_ + t + gm * jnp.maximum(t, 0)
+            o2 = down_p * pp + down_n * np_ + t + gm * jnp.minimum(t, 0)
+            g01 = (z > 0).astype(r.dtype) * r / stabilize(o0, self.stabilizer)
+            g23 = (z < 0).astype(r.dtype) * r / stabilize(o2, self.stabilizer)
+            return x * layer.parts_t(up_p * g01 + down_p * g23, up_n * g01 + down_n * g23, x)
+        xp, xn = jnp.maximum(x, 0), jnp.minimum(x, 0)
+        (pp, np_), (pn, nn) = layer.pn(xp, xn)
         o0 = up_p * pp + up_n * np_ + t + gm * jnp.maximum(t, 0)   # A_{W'+gW'+}(x+) + b' + g b'+
         o1 = down_p * pn + down_n * nn                             # A_{W'+gW'-}(x-)
         o2 = down_p * pp + down_n * np_ + t + gm * jnp.minimum(t, 0)  # A_{W'+gW'-}(x+) + b' + g b'-
@@ -493,6 +620,7 @@ def lrp_rules(composite: Composite, names: list | None = None) -> jr.Rules:
 
     def prepare(trace, x, out):
         fuse(trace, x, out, names)
+        nonnegative(trace, x)
         layers = [e.params["layer"] for e in trace.tape if e.primitive is FUSED]
         first = {}
         for kinds, _ in composite.first:

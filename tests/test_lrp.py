@@ -219,6 +219,68 @@ def test_flat_and_box_rules_by_hand():
     np.testing.assert_allclose(box, np.asarray(expected).reshape(2, 2, 2, 3).sum(-1), rtol=1e-4, atol=1e-6)
 
 
+def _stab(z, eps=1e-6):
+    return z + eps * np.where(z >= 0, 1.0, -1.0)
+
+
+def _by_hand(rule, a, w, b, r):
+    """zennit's AlphaBeta(alpha, beta) / Gamma(gamma) on one dense layer z = a W + b, every term
+    on a- kept (rules.py:127-187, 221-281): the relevance of the input ``a`` from ``r``."""
+    ap, an, wp, wn = np.maximum(a, 0), np.minimum(a, 0), np.maximum(w, 0), np.minimum(w, 0)
+    if rule[0] == "alpha_beta":
+        alpha, beta = rule[1], rule[1] - 1
+        ga = r / _stab(ap @ wp + np.maximum(b, 0) + an @ wn)
+        gb = r / _stab(ap @ wn + np.minimum(b, 0) + an @ wp)
+        return alpha * (ap * (ga @ wp.T) + an * (ga @ wn.T)) - beta * (ap * (gb @ wn.T) + an * (gb @ wp.T))
+    g = rule[1]
+    up, down, z = w + g * wp, w + g * wn, a @ w + b
+    g01 = (z > 0) * r / _stab(ap @ up + b + g * np.maximum(b, 0) + an @ down)
+    g23 = (z < 0) * r / _stab(ap @ down + b + g * np.minimum(b, 0) + an @ up)
+    return ap * (g01 @ up.T) + an * (g01 @ down.T) + ap * (g23 @ down.T) + an * (g23 @ up.T)
+
+
+def _two_dense(shift):
+    """x -> Dense 12->6 -> ReLU (-> minus ``shift``) -> Dense 6->3, and its weights."""
+    rng = np.random.default_rng(5)
+    w1, b1 = rng.normal(size=(12, 6)).astype(np.float32), rng.normal(size=6).astype(np.float32)
+    w2, b2 = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+
+    def f(v):
+        h = jnp.maximum(v.reshape(len(v), -1) @ w1 + b1, 0)
+        return (h - shift if shift else h) @ w2 + b2
+    return f, (w1, b1, w2, b2)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+@pytest.mark.parametrize("rule", [("alpha_beta", 1.0), ("alpha_beta", 2.0), ("gamma", 0.25)])
+def test_inputs_known_nonnegative_skip_the_negative_terms_and_others_keep_them(rule, shift):
+    """The sign analysis (lrp_rules.nonnegative): the second layer's input ReLU(.) is >= 0, so
+    Gamma/AlphaBeta/ZPlus there drop their x- terms (fewer dot_generals in the program); after
+    ``- 0.5`` it is not, and every x- term stays. Both equal zennit's formulas by hand with
+    every term kept (a wrong "non-negative" would drop the x- terms of the shifted net)."""
+    f, (w1, b1, w2, b2) = _two_dense(shift)
+    x = np.random.default_rng(6).uniform(-1, 1, size=(4, 2, 2, 3)).astype(np.float32)
+    targets = np.array([0, 1, 2, 1])
+    name, value = rule
+    if name == "alpha_beta":
+        rule_obj = lrp_rules.ZPlus() if value == 1.0 else lrp_rules.AlphaBeta(value, value - 1)
+    else:
+        rule_obj = lrp_rules.Gamma(value)
+    explainer = X.LRP(f, "epsilon", layer_rules={"dense": rule_obj})
+    maps = explainer.attribute(None, None, x, targets)
+    xf = x.reshape(4, -1)
+    h = np.maximum(xf @ w1 + b1, 0) - shift
+    r1 = _by_hand(rule, h, w2, b2, np.eye(3, dtype=np.float32)[targets])
+    expected = _by_hand(rule, xf, w1, b1, r1).reshape(x.shape).sum(-1)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    jaxpr = str(jax.make_jaxpr(lambda v: explainer._maps(None, v, jnp.asarray(targets), None))(x))
+    # the forward pass (2) and four products and four transposes on the first layer (its
+    # input, the image, has both signs); on the second two and two if its input is >= 0
+    # (ZPlus: one and one more inside lax.cond's branch for negative merged scales)
+    second = 8 if shift else (4 if rule != ("alpha_beta", 1.0) else 2 + 4)
+    assert jaxpr.count("dot_general[") == 2 + 8 + second
+
+
 def test_rules_by_layer_path_and_kind(ref):
     """A rule named for one layer path changes that layer only: "block3/conv2" (inside
     submodules) on RefNet with Gamma differs from the composite's z+ there, and naming every
