@@ -34,10 +34,11 @@ time inside the compiled forward (region perturbation: 18.7 of 18.9 s), so what 
 is the forward's own speed, not the loop around it: the >= 20x of issue 24 is not reached on this
 CPU by batching alone.
 
-Rerun on the idle machine (2026-12-04 02:41 UTC, load 1.6-1.9 from this run alone): pixel-flipping
-1.5x (1.51 / 1.02 s), region perturbation 1.4x, selectivity 1.4x, faithfulness correlation 0.9x,
-faithfulness estimate 1.4x, monotonicity 1.2x, monotonicity correlation 1.5x, IROF 1.5x,
-infidelity (vs Captum) 6.6x, sufficiency 3.8x. The loaded run's ratios measured the load: torch's
+Rerun on the idle machine (2026-12-04 02:46 UTC, load 0.7 before it): pixel-flipping 1.4x
+(1.57 / 1.12 s), region perturbation 1.3x, selectivity 1.5x, faithfulness correlation 1.3x (0.9x
+at 02:41, before ``random_subsets`` moved from XLA's sort to numpy's), faithfulness estimate 1.5x,
+monotonicity 1.5x, monotonicity correlation 1.7x, IROF 1.6x, infidelity (vs Captum) 5.8x,
+sufficiency 2.7x. The loaded run's ratios measured the load: torch's
 two threads wait for each other at every operation and slow down several times more than XLA
 when another job takes a core. Idle, both sides run at their forward's speed: pixel-flipping's
 6,272 perturbed digits at 6,150/s here (the shared forward alone: 6,313/s) and 4,150/s in torch.
