@@ -157,6 +157,11 @@ def test_a_flipped_prediction_leaves_that_perturbation_out():
     assert np.isnan(r.values[0]) and np.isfinite(r.values[1]) and np.isnan(r.details["per_sample"][:, 0]).all()
     kept = evaluate("relative_input_stability", inp, samples=4, nan_when_prediction_changes=False)
     assert np.isfinite(kept.values).all() and kept.values[1] == r.values[1]
+    # the same for every robustness metric asked to leave flips out: N(0.5, 0.01^2) raises every sum by ~12.5
+    with pytest.warns(RuntimeWarning, match=r"^local_lipschitz_estimate: the prediction changed under all 4 "
+                                            r"perturbations of 1 of 2 images \(noise N\(0.5, 0.01\^2\)\), .*sigma="):
+        m = evaluate("local_lipschitz_estimate", inp, samples=4, mean=0.5, sigma=0.01, nan_when_prediction_changes=True)
+    assert np.isnan(m.values[0]) and np.isfinite(m.values[1])
 
 
 # ----------------------------------------------------------------------------- any model
