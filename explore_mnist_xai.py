@@ -832,12 +832,17 @@ class App:
 
     def on_canvas(self, value, target=None, families=None, *options, session=None, stages=None):
         """The canvas's value changed: a stroke, a picked sample, a dropped/pasted/uploaded file."""
-        cancelled = self._begin(session)
         if isinstance(value, str) and value.startswith("warm:"):  # the page's own warm-up (PAD_JS)
-            if not cancelled():
+            # It supersedes nothing, and once the tab has asked for anything real it answers
+            # nothing: the page re-sends it until answered, so a copy can reach the server after
+            # the first stroke, and would otherwise stop that stroke or blank its maps.
+            with self._lock:
+                asked = session is not None and session in self._latest
+            if not asked:
                 inp, _, *views, _ = self.placeholders("")
                 yield (inp, render_status(f"Draw a {self.noun} to start.", warm=True), *views, None)
             return
+        cancelled = self._begin(session)
 
         def gen():
             image, where, notes = interpret(value, self.samples, self.noun, self.dataset)
@@ -1073,10 +1078,19 @@ def build_app(app: App):
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
     def session_handler(fn, n_inputs):
-        """``fn(*inputs, session=...)`` as a Gradio handler that also gets the browser tab."""
+        """``fn(*inputs, session=...)`` as a Gradio handler that also gets the browser tab.
+
+        A request superseded before its first answer yields nothing; Gradio would then send
+        None to every output, and if that arrives after the newer request's answer it blanks
+        the page (status, input and maps). Such a request answers "no change" instead."""
         def handler(*args):
             *inputs, request = args
-            yield from fn(*inputs, session=getattr(request, "session_hash", None))
+            answered = False
+            for answer in fn(*inputs, session=getattr(request, "session_hash", None)):
+                answered = True
+                yield answer
+            if not answered:
+                yield tuple(gr.skip() for _ in outputs)
         params = [inspect.Parameter(f"a{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD) for i in range(n_inputs)]
         handler.__signature__ = inspect.Signature(
             params + [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)])

@@ -461,6 +461,32 @@ def test_the_tabs_warm_up_request_changes_nothing(app):
     assert "<img" not in inp and "data-pred" not in page
 
 
+def test_a_late_warm_up_copy_neither_stops_nor_blanks_a_drawing(app):
+    """The page re-sends its warm-up until answered, so on a busy machine a copy can reach the
+    server after the first stroke (CI saw the page blanked, status and maps, so)."""
+    stroke = app.on_canvas(canvas(VERTICAL), session="late")
+    first = next(stroke)
+    assert list(app.on_canvas("warm:1", session="late")) == []  # no answer: the page keeps the drawing's
+    rest = list(stroke)
+    assert rest and 'data-kind="done"' in rest[-1][1] and 'data-pred="1"' in rest[-1][2], first[1]
+
+
+def test_a_request_superseded_before_its_first_answer_leaves_the_page_alone(app):
+    """Gradio sends None to every output of a handler that yields nothing, which blanks the
+    status, the input and the maps: the page's handler answers 'no change' instead."""
+    import gradio as gr
+    blocks, _ = E.build_app(app)
+    (dep,) = [d for d in blocks.fns.values() if d.api_name == "explain"]
+
+    class Tab:
+        session_hash = "superseded"
+
+    n_settings = len(dep.inputs) - 1
+    list(dep.fn(canvas(VERTICAL), "none", None, *[None] * (n_settings - 2), Tab()))
+    answers = list(dep.fn("warm:1", "none", None, *[None] * (n_settings - 2), Tab()))
+    assert answers == [tuple(gr.skip() for _ in dep.outputs)]
+
+
 def test_render_placeholders_before_any_drawing(app):
     inp, status, model_html, state = app.placeholders("hello")
     assert "hello" in status and "Draw to see the prediction" in model_html and state is None and "<img" not in inp
