@@ -109,6 +109,9 @@ def page(browser, server):
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.goto(server)
     pg.wait_for_selector("#xe-pad canvas[data-ready='1']")  # the canvas's script is listening
+    # and the tab's warm-up was answered: Gradio's event stream is open (a change made while it
+    # is still starting can be lost; a person takes longer than this to start a stroke)
+    pg.wait_for_selector("#xe-status .xe-status[data-warm='1']")
     yield pg
     assert outside == [], f"the page asked for outside resources: {outside[:5]}"
     assert errors == [], f"JavaScript errors: {errors[:3]}"
@@ -198,7 +201,6 @@ def test_first_drawing_and_second_timed(page):
     Drawn once the tab's own warm-up request was answered and the page is loaded (a person
     takes longer than that to start a stroke)."""
     pg = page
-    pg.wait_for_selector("#xe-status .xe-status[data-warm='1']", timeout=25_000)
     pg.wait_for_function("() => [...document.querySelectorAll('#xe-samples img')].every(i => i.complete)")
     first = timed_drawing(pg, VERTICAL)
     assert prediction(pg) == 1
