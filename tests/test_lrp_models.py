@@ -9,6 +9,9 @@ input space, gamma, epsilon), and EpsilonPlus with Gamma(0.5) on the layer named
 family's own terms (``"block/conv2"``, ``"block.conv2"``, ``"net/block/conv2"``): the
 rules by layer path reach the layer in every family. Grad-CAM at a named layer in each
 family is tests/test_model_families.py's (against a hand-written Grad-CAM).
+The same net with a BatchNorm after the stem, in Equinox (a stateful eqx.nn.BatchNorm, its
+State as batch_stats) against linen, checks that both ways of writing the normalisation fuse
+into the stem's LRP layer alike.
 """
 from __future__ import annotations
 
@@ -176,3 +179,53 @@ def test_the_layer_rule_reaches_the_named_layer():
     base = np.asarray(model.apply({"params": params}, np.zeros_like(x)))
     delta = logits[np.arange(3), TARGETS] - base[np.arange(3), TARGETS]
     np.testing.assert_allclose(maps("linen", 3, "deeplift").sum((1, 2)), delta, rtol=1e-4, atol=1e-5)
+
+
+class LinenBNNet(nn.Module):
+    """LinenNet with a BatchNorm (running statistics) between the stem and its ReLU."""
+    @nn.compact
+    def __call__(self, x):
+        x = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name="bn")(nn.Conv(4, (3, 3), name="stem")(x))
+        x = LinenBlock(name="block")(nn.relu(x))
+        return nn.Dense(CLASSES, name="head")(nn.max_pool(x, (2, 2), (2, 2)).mean((1, 2)))
+
+
+class EqxBNNet(eqx.Module):
+    """EqxNet with a stateful eqx.nn.BatchNorm: its State goes in as batch_stats."""
+    stem: eqx.nn.Conv2d
+    bn: eqx.nn.BatchNorm
+    block: EqxBlock
+    pool: eqx.nn.MaxPool2d
+    head: eqx.nn.Linear
+
+    def __init__(self, plain: EqxNet, scale, shift):
+        self.stem, self.block, self.pool, self.head = plain.stem, plain.block, plain.pool, plain.head
+        self.bn = eqx.tree_at(lambda b: (b.weight, b.bias), eqx.nn.BatchNorm(4, axis_name="batch", eps=1e-5, mode="ema"),
+                              (jnp.asarray(scale), jnp.asarray(shift)))
+
+    def __call__(self, x, state):
+        a, state = self.bn(self.stem(x), state)
+        return self.head(self.pool(self.block(jax.nn.relu(a))).mean((1, 2))), state
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_equinox_with_batchnorm_equals_linen_with_batchnorm(method):
+    """Equinox normalises as (x - mean) / sqrt(var + eps) * weight + bias (a div), linen as
+    (x - mean) * (scale * rsqrt(var + eps)) + bias (a mul): both must fuse into the stem's LRP
+    layer alike, with the running statistics from each family's own state. One BatchNorm
+    scale is negative, so the rules' split of the weights into W+ and W- matters."""
+    rng = np.random.default_rng(7)
+    mean, var = (0.3 * rng.normal(size=4)).astype(np.float32), rng.uniform(0.5, 2.0, size=4).astype(np.float32)
+    scale = (rng.uniform(0.5, 1.5, size=4) * [1, -1, 1, 1]).astype(np.float32)
+    shift = (0.2 * rng.normal(size=4)).astype(np.float32)
+    _, plain_params, _ = build("linen", 1)
+    params = {**plain_params, "bn": {"scale": scale, "bias": shift}}
+    linen = np.asarray(METHODS[method](LinenBNNet(), "linen").attribute(params, {"bn": {"mean": mean, "var": var}},
+                                                                         images(1), TARGETS))
+    model, state = eqx.nn.make_with_state(lambda: EqxBNNet(build("equinox", 1)[0], scale, shift))()
+    state = state.set(model.bn.ema_state_index, (jnp.asarray(mean), jnp.asarray(var)))
+    ours = np.asarray(METHODS[method](model, "equinox").attribute(None, state, images(1), TARGETS))
+    assert linen.shape == (3, HW, HW) and np.abs(linen).max() > 0
+    # the BatchNorm is live: without it the maps differ
+    assert np.abs(linen - maps("linen", 1, method)).max() > 1e-2 * np.abs(linen).max()
+    np.testing.assert_allclose(ours, linen, rtol=0, atol=1e-5 * np.abs(linen).max())
