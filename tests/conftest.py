@@ -1,5 +1,6 @@
 """Shared pytest setup: make the repository root importable (``import mnist_data`` etc.), and
-give the tests and the scripts they run one compilation cache of their own, not the user's.
+give the tests and the scripts they run one compilation cache of their own, not the user's
+(unless JAX_COMPILATION_CACHE_DIR is set, which cpu_devices leaves as it is).
 
 The cache is shared by both xdist workers (they inherit the controller's folder) and by the
 tests themselves: many tests compile the same programs for the same model through fresh
@@ -17,8 +18,9 @@ for _name, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", 
                       ("HF_HUB_DISABLE_TELEMETRY", "1"), ("DO_NOT_TRACK", "1")):
     os.environ.setdefault(_name, _value)
 os.environ.setdefault("MNIST_XAI_COMPILE_CACHE", tempfile.mkdtemp(prefix="mnist_xai_test_jax_cache_"))
-if os.environ["MNIST_XAI_COMPILE_CACHE"].lower() not in ("0", "off", "no", "false"):  # cpu_devices' "off"
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["MNIST_XAI_COMPILE_CACHE"]  # read when jax is imported
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")  # as cpu_devices sets for scripts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cpu_devices  # noqa: E402
+
+cpu_devices.use_compilation_cache()  # the tests' own processes too, as the scripts do (before jax is imported)
