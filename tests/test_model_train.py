@@ -316,22 +316,27 @@ def test_steps_fused_in_a_scan_compute_what_one_step_a_call_does(synthetic):
             # Adam scales its rounding noise (~1e-9) up to full-size steps, so it differs
             # between any two orderings of the same sums (and BatchNorm cancels it).
             continue
-        b = one
+        b, start = one, variables
         for k in path:
-            b = b[k.key]
-        # Running means track the conv output, bias included, so they carry that noise: the
-        # biases agree at step 1 and may differ by up to 2 and 4 Adam steps (lr each) by
-        # steps 2 and 3, so with momentum 0.9 a mean may move by 0.1 * 4 lr + 0.09 * 2 lr
-        # = 0.58 lr (1.7e-3). Seen: 1e-4 with AVX-512, 1.66e-4 on an AVX2-only EPYC.
-        # Elsewhere Adam turns a near-zero gradient's rounding into a visible step now and
-        # then (1 weight in 18,432 off by 1.7e-5 seen here), so a few may stray; a wrong
-        # batch or key would move them all, and the losses above.
-        a, b = np.asarray(a), np.asarray(b)
-        bound = 0.58 * cfg.learning_rate if name.endswith("['mean']") else 1e-4
-        assert np.abs(a - b).max() < bound, (name, np.abs(a - b).max(), bound)
-        if not name.endswith("['mean']"):
-            close = np.isclose(a, b, rtol=1e-4, atol=1e-6)
-            assert close.mean() > 0.999, (name, close.mean())
+            b, start = b[k.key], start[k.key]
+        a, b, start = np.asarray(a), np.asarray(b), np.asarray(start)
+        if name.endswith("['mean']"):
+            # Running means track the conv output, bias included, so they carry that noise: the
+            # biases agree at step 1 and may differ by up to 2 and 4 Adam steps (lr each) by
+            # steps 2 and 3, so with momentum 0.9 a mean may move by 0.1 * 4 lr + 0.09 * 2 lr
+            # = 0.58 lr (1.7e-3). Seen: 1e-4 with AVX-512, 1.66e-4 on an AVX2-only EPYC.
+            assert np.abs(a - b).max() < 0.58 * cfg.learning_rate, (name, np.abs(a - b).max())
+            continue
+        # Elsewhere Adam moves every weight by about its learning rate whatever the gradient's
+        # size, so a gradient whose rounding differs between the two programs moves its weight
+        # differently: on AVX-512 (2-core EPYC) 1 weight in 18,432 strayed, by 1.7e-5; on an
+        # AVX2-only EPYC (2026-12-04) the convolutions round differently in the two programs
+        # and the weights differ by 0.5-1.4% of their movement at the median (the mean up to
+        # 0.9%), a few by most of it. So the bound is on the mean gap, 5% of the three steps'
+        # movement: a dropped, repeated or wrong step moves every weight by a third of it or
+        # more, and a wrong batch or key moves the losses above as well.
+        moved = np.abs(b - start).max()
+        assert moved > 0 and np.abs(a - b).mean() < 0.05 * moved, (name, np.abs(a - b).mean() / moved)
 
 
 @pytest.mark.parametrize("steps, expected", [(429, 13), (430, 10), (431, 32), (640, 32), (20, 20), (1, 1)])
