@@ -6,8 +6,8 @@ weights, first 16 digits and targets of reference_maps.npz and the torch twins o
 make_reference_propagation.py; zennit merges every BatchNorm into its conv
 (SequentialMergeBatchNorm), ours fuses it in the jaxpr (lrp_rules.fuse). No torch here.
 
-The bound, per digit (tests/parity.py): 1e-4 of the reference map's max on every digit, no
-flips allowed. Measured on this project's 2-core AMD EPYC, AVX-512 and with
+The bound, per digit (tests/parity.py): 1e-4 of the reference map's max on every digit, but one
+flip allowed on refnet (``FLIPS``). Measured on this project's 2-core AMD EPYC, AVX-512 and with
 XLA_FLAGS=--xla_cpu_max_isa=AVX2 (the same figures on both), worst digit of 16:
 
     method                 cnn       refnet
@@ -18,7 +18,12 @@ XLA_FLAGS=--xla_cpu_max_isa=AVX2 (the same figures on both), worst digit of 16:
     lrp_epsilon_gamma_box  7.4e-6    8.4e-6
     lrp_epsilon_plus_flat  6.9e-6    7.5e-6
 
-(7.6e-6 = 2^-17 is the fixture's rounding, make_reference_maps.round_maps.)
+(7.6e-6 = 2^-17 is the fixture's rounding, make_reference_maps.round_maps.) On an AVX2-only
+AMD EPYC (2026-12-04) every rule moved refnet digit 15, by 7.7e-4 (EpsilonPlus) to 7.0e-3
+(gamma) of its map, the other 15 digits as above. That digit is a float32 near-tie of ours: the
+same weights and images in float64 (jax_enable_x64) give LRP-epsilon within 7e-6 of zennit on
+all 16 digits, and our float32 map of digit 15 is the one 2.8e-3 away from both. A wrong rule
+moves every digit.
 
 Where the references disagree: zennit's merged BatchNorm computes x / sqrt(1 + eps), not the
 identity (up to 1.2e-4 of a map's max here; corrected in the reference, see the generator);
@@ -43,6 +48,7 @@ from parity import assert_close_per_digit, per_digit_gap
 from reference_models import HI, LO, RefNet, unflatten
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FLIPS = {"cnn": 0, "refnet": 1}  # digits of 16 (module docstring: refnet digit 15 on AVX2)
 #: benchmarks/make_reference_lrp.METHODS (that script imports torch; the settings are repeated here)
 METHODS = {
     "lrp_epsilon": {"epsilon": 0.25},
@@ -87,7 +93,8 @@ def ours(ref, net, method):
 @pytest.mark.parametrize("net", ("cnn", "refnet"))
 @pytest.mark.parametrize("method", METHODS)
 def test_matches_zennit(ref, net, method):
-    assert_close_per_digit(ours(ref, net, method)[0], ref[f"lrp:{net}/{method}"], f"{net}/{method}")
+    assert_close_per_digit(ours(ref, net, method)[0], ref[f"lrp:{net}/{method}"], f"{net}/{method}",
+                           flips=FLIPS[net])
 
 
 def test_captum_lrp_is_zennit_times_the_target_logit(ref):
