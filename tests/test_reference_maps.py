@@ -28,7 +28,9 @@ IG cnn 1.3e-3 (digits 7, 16, 30: 3.4e-4, 1.3e-3, 4.6e-4), SmoothGrad cnn 1.7e-3 
 SmoothGrad refnet 5.9e-3 (digit 26), IG refnet 1.05e-5 (none). On an AVX2-only AMD EPYC
 (the "first hour" issue's report) IG refnet had one digit at 3.85e-4 and SmoothGrad cnn more
 pixels off than here, so ``FLIPS`` allows one digit more than measured here where AVX2 showed
-more. Every other method: every digit within 1.4e-5.
+more. On another AVX2-only AMD EPYC (2026-12-04, `.ci/run`) SmoothGrad cnn moved digits 2, 17
+and 30 (8.6e-4, 1.1e-3, 1.7e-3): three, so three are allowed; the same two noisy digits moved in
+NoiseTunnel's variants (test_registry.py). Every other method: every digit within 1.4e-5.
 
 pytorch-grad-cam's maps are min-max scaled per image (twice: on the 7x7 map before
 cv2.resize and on the 28x28 result, base_cam.py:172/181), so ours are compared after the
@@ -51,8 +53,9 @@ from parity import FLIP_BOUND, TOLERANCE, assert_close_per_digit, per_digit_gap
 from reference_models import HI, LO, RefNet, unflatten
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "reference_maps.npz"
-# Digits of 32 allowed a float32 near-tie flip (module docstring: measured here, +1 where AVX2 showed more).
-FLIPS = {("cnn", "integrated_gradients"): 4, ("cnn", "smoothgrad"): 2, ("refnet", "integrated_gradients"): 1,
+# Digits of 32 allowed a float32 near-tie flip (module docstring: the most measured on either CPU, +1 where
+# the first AVX2 report showed more).
+FLIPS = {("cnn", "integrated_gradients"): 4, ("cnn", "smoothgrad"): 3, ("refnet", "integrated_gradients"): 1,
          ("refnet", "smoothgrad"): 1}
 LOGIT_TOLERANCE = 1e-4
 LAYER = "block3/conv2"
