@@ -22,7 +22,19 @@ fixture's rounding is 7.6e-6):
   6e-3; the fixture uses max_sigma 10: at PAIR's 50 a 28-pixel digit blurs to flat).
 * xrai cnn: digit 4 off by 4.0e-3 of its map (its ranks equal PAIR's): one IG path point of
   40 whose gradient flips with the batch (ours 40 rows, PAIR 20), moving region means.
-  (The test checks XRAI's first 2 digits, for time; the fixture holds 8.)
+  (The test checks XRAI's first 4 digits, for time; the fixture holds 8.)
+
+On an AVX2-only AMD EPYC (2026-12-04) more digits moved, the others staying as above:
+guided_ig refnet digit 6 (1.5e-4); blur_ig cnn digits 3, 5, 7 (4.9e-4, 6.7e-3, 1.1e-4) and
+refnet digits 0, 2, 4, 6 (up to 2.0e-3), the near-flat blurred images again (scipy's float64
+blur is computed on each CPU); xrai refnet digit 1 (1.6e-3, ranks equal). And XRAI cnn digit 1
+is segmented differently: its first five regions and their gains equal PAIR's (to 1e-5), then
+ours adds a 56-pixel region of gain 4.20e-3 where PAIR added a 65-pixel one of 3.88e-3. A greedy
+choice over the same candidates would have taken the higher gain, so the candidates differ, and
+they come from the image alone (scikit-image's Felzenszwalb in float64, six scales): the
+segmentation's float64 rounding depends on the CPU. So one digit in ``XRAI_DIGITS`` may have
+other regions than PAIR's (``XRAI_RESEGMENTED``); its first region must still be PAIR's, with
+PAIR's gain, and every digit with PAIR's regions must have PAIR's gains.
 """
 from __future__ import annotations
 
@@ -38,8 +50,11 @@ from reference_models import LO, RefNet, unflatten
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NETS = {"cnn": (MNISTCNN, "images", 0.0), "refnet": (RefNet, "refnet/images", float(LO))}
-FLIPS = {("cnn", "gradient_shap"): 1, ("cnn", "guided_ig"): 1, ("refnet", "blur_ig"): 1, ("cnn", "xrai"): 1}
-XRAI_DIGITS = 2  # Felzenszwalb at 224x224, six scales: ~1 s a digit
+# Digits allowed a near-tie flip (module docstring): the most measured on either CPU.
+FLIPS = {("cnn", "gradient_shap"): 1, ("cnn", "guided_ig"): 1, ("refnet", "guided_ig"): 1, ("cnn", "blur_ig"): 3,
+         ("refnet", "blur_ig"): 4, ("cnn", "xrai"): 1, ("refnet", "xrai"): 1}
+XRAI_DIGITS = 4  # of 8; Felzenszwalb at 224x224, six scales: ~1 s a digit
+XRAI_RESEGMENTED = 1  # digits of XRAI_DIGITS whose segmentation may differ from PAIR's (module docstring)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +103,15 @@ def test_xrai_matches_pair(ref, net):
     _, params, stats, images, _ = _net(ref, net)
     digits = ref["path:pair_digits"][:XRAI_DIGITS]
     maps, ranks, _ = _explainer(ref, net, "xrai").regions(params, stats, images[digits], ref["targets"][digits])
-    assert_close_per_digit(maps, ref[f"path:{net}/xrai"][:XRAI_DIGITS], f"{net}/xrai", flips=FLIPS.get((net, "xrai"), 0))
-    np.testing.assert_array_equal(ranks, ref[f"path:{net}/xrai_ranks"][:XRAI_DIGITS])
+    theirs, their_ranks = ref[f"path:{net}/xrai"][:XRAI_DIGITS], ref[f"path:{net}/xrai_ranks"][:XRAI_DIGITS]
     assert (ranks >= 1).all(), "XRAI's ranking covers every pixel"
+    same = (ranks == their_ranks).all(axis=(1, 2))
+    assert (~same).sum() <= XRAI_RESEGMENTED, f"{net}/xrai: digits {np.flatnonzero(~same).tolist()} ranked otherwise than PAIR"
+    assert_close_per_digit(maps[same], theirs[same], f"{net}/xrai", flips=FLIPS.get((net, "xrai"), 0))
+    for i in np.flatnonzero(~same):  # segmented otherwise: its first, highest-gain region is still PAIR's
+        first = their_ranks[i] == 1
+        np.testing.assert_array_equal(ranks[i] == 1, first, err_msg=f"{net}/xrai digit {i}: first region")
+        np.testing.assert_allclose(maps[i][first], theirs[i][first], rtol=1e-4, err_msg=f"{net}/xrai digit {i}")
 
 
 # ----------------------------------------------------------------------------- known answers (linear model)
