@@ -30,6 +30,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SAMPLES = 10  # the fixture's
 CAPTUM_SAMPLES, CAPTUM_RADIUS = 10, 0.02
 PARITY = 1e-4
+# The relative stabilities divide each pixel's map change by the map value itself (plus Quantus's
+# eps_min 1e-6), so the float32 rounding of a saliency value near 0, which the maps' own check
+# below allows at 1e-6 of their max, can be an order-1 relative change on that pixel. Measured:
+# within 1e-4 on AVX-512 (2-core EPYC); 4.7e-3 and 1.2e-3 on two of 8 images on an AVX2-only
+# EPYC (2026-12-04), the other six within 5e-5. The known-answer test below pins the formulas.
+STABILITY_PARITY = 2e-2
 STABILITY_NOISE = {"low": 0.0, "high": 0.05}  # the fixture's, for the three relative stabilities
 OPTIONS = {"max_sensitivity": {}, "avg_sensitivity": {}, "local_lipschitz_estimate": {},
            "relative_input_stability": STABILITY_NOISE, "relative_output_stability": STABILITY_NOISE,
@@ -54,11 +60,12 @@ def reference():
 def test_each_metric_equals_quantus_on_the_same_perturbations(reference, name):
     inp, fx = reference
     r = evaluate(name, inp, samples=SAMPLES, return_samples=True, **OPTIONS[name])
+    bound = STABILITY_PARITY if name.startswith("relative_") else PARITY
     gap = np.abs(r.values - fx[name]) / np.abs(fx[name])
-    assert np.all(np.isfinite(fx[name])) and gap.max() < PARITY, (name, gap.max())
+    assert np.all(np.isfinite(fx[name])) and gap.max() < bound, (name, gap.max())
     if f"{name}/steps" in fx:  # each perturbation's value, as Quantus's objective computed it
         steps = fx[f"{name}/steps"]
-        assert np.nanmax(np.abs(r.details["per_sample"] - steps) / np.abs(steps)) < PARITY
+        assert np.nanmax(np.abs(r.details["per_sample"] - steps) / np.abs(steps)) < bound
 
 
 def test_max_sensitivity_equals_captums_sensitivity_max(reference):
