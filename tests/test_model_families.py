@@ -281,7 +281,7 @@ def test_equinox_with_its_own_layout_per_example_and_state():
 
         def __init__(self, key):
             k1, k2 = jax.random.split(key)
-            self.conv, self.bn = eqx.nn.Conv2d(1, 4, 3, key=k1), eqx.nn.BatchNorm(4, axis_name="batch")
+            self.conv, self.bn = eqx.nn.Conv2d(1, 4, 3, key=k1), eqx.nn.BatchNorm(4, axis_name="batch", mode="ema")
             self.head = eqx.nn.Linear(4, CLASSES, key=k2)
 
         def __call__(self, x, state):
