@@ -71,25 +71,20 @@ def other_rows():
         for net in TP.NETS:
             if method != "xrai" and (net, method) not in TP.CASES:
                 continue
-            _, params, stats, images, _ = TP._net(ref, net)
             shap = method in ("gradient_shap", "expected_gradients")
-            digits = ref["path:shap_digits"] if shap else ref["path:pair_digits"]
-            if method == "xrai":
-                digits = digits[:TP.XRAI_DIGITS]
-            e = TP._explainer(ref, net, method)
-            theirs = ref[f"path:{net}/{method}"][:len(digits)]
-            if method != "xrai":
-                ours = e.attribute(params, stats, images[digits], ref["targets"][digits])
-                cells[net] = cell(per_digit_gap(ours, theirs), TP.FLIPS.get((net, method), 0), FLIP_BOUND)
+            if method == "xrai":  # as its test judges it: the gains of the digits ranked as PAIR ranks
+                # them, and how many were segmented otherwise (tests/test_path.py, XRAI_RESEGMENTED)
+                ours, theirs, _, _, same = TP.xrai_beside_pair(ref, net)
+                text = cell(per_digit_gap(ours[same], theirs[same]), TP.FLIPS.get((net, method), 0), FLIP_BOUND)
+                resegmented = int((~same).sum())
+                cells[net] = text + f"; {resegmented} segmented otherwise (≤ {TP.XRAI_RESEGMENTED} allowed)" + (
+                    " OVER BOUND" if resegmented > TP.XRAI_RESEGMENTED else "")
                 continue
-            # XRAI as its test judges it: the gains of the digits ranked as PAIR ranks them, and how
-            # many were segmented otherwise (tests/test_path.py, XRAI_RESEGMENTED).
-            ours, ranks, _ = e.regions(params, stats, images[digits], ref["targets"][digits])
-            same = (ranks == ref[f"path:{net}/xrai_ranks"][:len(digits)]).all(axis=(1, 2))
-            text = cell(per_digit_gap(ours[same], theirs[same]), TP.FLIPS.get((net, method), 0), FLIP_BOUND)
-            resegmented = int((~same).sum())
-            cells[net] = text + f"; {resegmented} segmented otherwise (≤ {TP.XRAI_RESEGMENTED} allowed)" + (
-                " OVER BOUND" if resegmented > TP.XRAI_RESEGMENTED else "")
+            _, params, stats, images, _ = TP._net(ref, net)
+            digits = ref["path:shap_digits"] if shap else ref["path:pair_digits"]
+            ours = TP._explainer(ref, net, method).attribute(params, stats, images[digits], ref["targets"][digits])
+            cells[net] = cell(per_digit_gap(ours, ref[f"path:{net}/{method}"][:len(digits)]),
+                              TP.FLIPS.get((net, method), 0), FLIP_BOUND)
         rows.append((method, "Captum" if shap else "PAIR saliency", cells))
     ref = _load(("", "reference_maps.npz"), ("p:", "reference_perturbation.npz"))
     digits = ref["p:digits"]

@@ -8,9 +8,10 @@ rounding takes differently on the two sides, which moves one copy's whole gradie
 is local, one digit and a few percent of its map; a wrong formula moves every digit. The count of
 flips allowed is measured and stated next to each use, on AVX-512 and on AVX2, and the bound must
 hold on both. ``XLA_FLAGS=--xla_cpu_max_isa=AVX2`` on an AVX-512 machine is not enough to see
-them: on an AVX2-only EPYC (2026-12-04) 18 comparisons moved digits that the flag left in place
-(numpy's and scipy's own SIMD paths, used by the blur and the segmentation, follow the CPU, and
-XLA's do too in ways the flag does not reach), so each use's count is the most seen on either.
+them: on an AVX2-only EPYC (2026-12-04) the LRP, SmoothGrad, NoiseTunnel and path comparisons
+moved digits that the flag left in place (numpy's and scipy's own SIMD paths, used by the blur and
+the segmentation, follow the CPU, and the pure-JAX LRP maps moved too, so XLA's results there
+differ beyond what the flag limits), so each use's count is the most seen on either.
 """
 from __future__ import annotations
 

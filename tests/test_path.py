@@ -98,14 +98,21 @@ def test_matches_reference(ref, net, method):
             np.testing.assert_array_equal(np.asarray(mine), ref[f"path:shap_{fed}"])
 
 
-@pytest.mark.parametrize("net", NETS)
-def test_xrai_matches_pair(ref, net):
+def xrai_beside_pair(ref, net):
+    """Our XRAI on the first ``XRAI_DIGITS`` of PAIR's digits beside PAIR's: (our gains, theirs,
+    our ranks, theirs, ``same``: the digits whose regions rank as PAIR's do). Also
+    benchmarks/parity_table.py's."""
     _, params, stats, images, _ = _net(ref, net)
     digits = ref["path:pair_digits"][:XRAI_DIGITS]
     maps, ranks, _ = _explainer(ref, net, "xrai").regions(params, stats, images[digits], ref["targets"][digits])
-    theirs, their_ranks = ref[f"path:{net}/xrai"][:XRAI_DIGITS], ref[f"path:{net}/xrai_ranks"][:XRAI_DIGITS]
+    their_ranks = ref[f"path:{net}/xrai_ranks"][:XRAI_DIGITS]
+    return maps, ref[f"path:{net}/xrai"][:XRAI_DIGITS], ranks, their_ranks, (ranks == their_ranks).all(axis=(1, 2))
+
+
+@pytest.mark.parametrize("net", NETS)
+def test_xrai_matches_pair(ref, net):
+    maps, theirs, ranks, their_ranks, same = xrai_beside_pair(ref, net)
     assert (ranks >= 1).all(), "XRAI's ranking covers every pixel"
-    same = (ranks == their_ranks).all(axis=(1, 2))
     assert (~same).sum() <= XRAI_RESEGMENTED, f"{net}/xrai: digits {np.flatnonzero(~same).tolist()} ranked otherwise than PAIR"
     assert_close_per_digit(maps[same], theirs[same], f"{net}/xrai", flips=FLIPS.get((net, "xrai"), 0))
     for i in np.flatnonzero(~same):  # segmented otherwise: its first, highest-gain region is still PAIR's
